@@ -1,0 +1,1 @@
+"""Versioned catalog data shipped with cbgrid (installed as ``cbgrid.catalogs``)."""

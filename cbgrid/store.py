@@ -1,0 +1,267 @@
+"""The benchmark store on disk: one Zarr v3 group, dims (site, time).
+
+Crash safety: every write ends by updating a *commit record* in the root attributes
+(``cbgrid_commit``: the committed number of sites and the committed variables). Readers see only
+committed data; the next write rolls back anything beyond the record. A new store is written
+beside its final path and renamed into place, so a crash or Ctrl-C never leaves a store that
+opens but is half written, and an interrupted append is simply redone.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+import zarr
+
+from cbgrid import schema
+from cbgrid.schema import SITE, TIME, SchemaError
+
+log = logging.getLogger(__name__)
+
+COMMIT = "cbgrid_commit"
+
+
+def _encoding(ds: xr.Dataset) -> dict:
+    enc = {TIME: {"units": schema.TIME_UNITS, "calendar": "proleptic_gregorian", "dtype": "int32"}}
+    for name, var in ds.data_vars.items():
+        enc[name] = {
+            "chunks": (min(schema.STORE_CHUNKS[SITE], var.shape[0]), min(schema.STORE_CHUNKS[TIME], var.shape[1])),
+            "fill_value": np.float32("nan"),
+        }
+    return enc
+
+
+def _commit(path: Path, n_sites: int, variables) -> None:
+    g = zarr.open_group(str(path), mode="r+", zarr_format=3)
+    g.attrs[COMMIT] = {"n_sites": int(n_sites), "variables": sorted(variables)}
+
+
+def _read_commit(path: Path) -> dict:
+    try:
+        g = zarr.open_group(str(path), mode="r", zarr_format=3)
+    except Exception as e:  # FileNotFoundError, GroupNotFoundError, bad metadata
+        raise SchemaError(f"{path} is not a readable Zarr v3 store ({e.__class__.__name__}: {e})") from e
+    commit = g.attrs.get(COMMIT)
+    if not commit:
+        raise SchemaError(
+            f"{path} is not a cbgrid store: it has no {COMMIT!r} record (another schema, or a "
+            "write that never finished)"
+        )
+    return dict(commit)
+
+
+def _compute(delayed, desc: str, progress: bool) -> None:
+    from dask.callbacks import Callback
+    from tqdm.auto import tqdm
+
+    if not progress:
+        delayed.compute()
+        return
+
+    class _Bar(Callback):
+        def _start_state(self, dsk, state):
+            self.bar = tqdm(total=sum(len(state[k]) for k in ("ready", "waiting", "running")) or None, desc=desc, unit="task")
+
+        def _posttask(self, key, result, dsk, state, worker_id):
+            self.bar.update(1)
+
+        def _finish(self, dsk, state, errored):
+            self.bar.close()
+
+    with _Bar():
+        delayed.compute()
+
+
+def write_store(ds: xr.Dataset, path, *, overwrite: bool = False, progress: bool = True) -> Path:
+    """Write a schema-conformant Dataset as a new store at ``path``, atomically.
+
+    Data are computed chunk by chunk (dask), written beside the target, then renamed in place.
+    An existing store is replaced only with ``overwrite=True``, and only after the new one is
+    complete.
+    """
+    path = Path(path)
+    schema.validate(ds)
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path} exists; pass overwrite=True (--overwrite) to replace it")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
+    ds = ds.chunk({SITE: schema.STORE_CHUNKS[SITE], TIME: schema.STORE_CHUNKS[TIME]})
+    try:
+        delayed = ds.to_zarr(tmp, mode="w-", zarr_format=3, consolidated=False, compute=False, encoding=_encoding(ds))
+        _compute(delayed, f"writing {path.name}", progress)
+        _commit(tmp, ds.sizes[SITE], list(ds.data_vars))
+        if path.exists():
+            old = path.with_name(f".{path.name}.old-{uuid.uuid4().hex[:8]}")
+            os.replace(path, old)
+            os.replace(tmp, path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    log.info("wrote %s: %d sites x %d days, %d variables", path, ds.sizes[SITE], ds.sizes[TIME], len(ds.data_vars))
+    return path
+
+
+def open_store(path, *, validate: bool = True, chunks="auto") -> xr.Dataset:
+    """Open a store lazily (dask-backed): only its committed sites and variables.
+
+    ``chunks='auto'`` keeps the on-disk chunks; pass a dict to read with other chunks.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"no store at {path}")
+    commit = _read_commit(path)
+    ds = xr.open_zarr(str(path), consolidated=False, chunks={} if chunks == "auto" else chunks)
+    uncommitted = [v for v in ds.data_vars if v not in commit["variables"]]
+    ds = ds.drop_vars(uncommitted).isel({SITE: slice(0, commit["n_sites"])})
+    ds[SITE] = ds[SITE].astype(object)
+    ds.attrs.pop(COMMIT, None)
+    ds.encoding["source"] = str(path)
+    return schema.validate(ds) if validate else ds
+
+
+def _rollback(path: Path) -> dict:
+    """Undo whatever an interrupted write left beyond the commit record."""
+    commit = _read_commit(path)
+    g = zarr.open_group(str(path), mode="r+", zarr_format=3)
+    n = commit["n_sites"]
+    keep = set(commit["variables"]) | {SITE, TIME, *schema.SITE_COORDS}
+    for name, arr in list(g.arrays()):
+        if name not in keep:
+            log.warning("%s: removing uncommitted variable %r left by an interrupted write", path, name)
+            del g[name]
+            continue
+        dims = arr.metadata.dimension_names or ()
+        if SITE in dims and arr.shape[dims.index(SITE)] != n:
+            log.warning("%s: rolling %r back to the %d committed sites", path, name, n)
+            shape = list(arr.shape)
+            shape[dims.index(SITE)] = n
+            arr.resize(tuple(shape))
+    return commit
+
+
+def append_sites(new: xr.Dataset, path) -> list[str]:
+    """Add the sites of ``new`` to an existing store without rewriting it.
+
+    ``new`` is aligned to the store's time axis (days outside it are dropped, with a warning)
+    and variables (those it lacks are NaN; ones the store lacks are an error). Sites already in
+    the store are skipped with a warning, so re-running an interrupted ingest is safe. Returns
+    the ids of the sites added.
+    """
+    path = Path(path)
+    schema.validate(new)
+    commit = _rollback(path)
+    cur = open_store(path)
+    extra = sorted(set(new.data_vars) - set(cur.data_vars))
+    if extra:
+        raise SchemaError(
+            f"variables {extra} are not in {path}; add them to every site with add_variables() first"
+        )
+    present = set(cur[SITE].values.tolist())
+    dup = [s for s in new[SITE].values.tolist() if s in present]
+    if dup:
+        log.warning("%s already holds site(s) %s; skipped", path, dup)
+        new = new.drop_sel({SITE: dup})
+    if new.sizes[SITE] == 0:
+        return []
+    t = cur.indexes[TIME]
+    outside = int((~new.indexes[TIME].isin(t)).sum())
+    if outside:
+        log.warning(
+            "%d day(s) of the new sites fall outside the store period %s..%s and are dropped",
+            outside, t[0].date(), t[-1].date(),
+        )
+    new = new.reindex({TIME: t})
+    for v in cur.data_vars:
+        if v not in new:
+            new[v] = xr.full_like(cur[v].isel({SITE: slice(0, 1)}), np.nan).squeeze(SITE, drop=True).expand_dims({SITE: new[SITE]}).transpose(*schema.DIMS)
+    new = new[list(cur.data_vars)].load()
+    n, k = commit["n_sites"], new.sizes[SITE]
+    g = zarr.open_group(str(path), mode="r+", zarr_format=3)
+    for name, arr in g.arrays():
+        dims = arr.metadata.dimension_names or ()
+        if SITE in dims:
+            shape = list(arr.shape)
+            shape[dims.index(SITE)] = n + k
+            arr.resize(tuple(shape))
+    region = new.drop_vars(TIME)
+    for c in region.coords:
+        region[c].encoding = {}
+    for v in region.data_vars:
+        region[v].encoding = {}
+    region.to_zarr(str(path), region={SITE: slice(n, n + k)}, consolidated=False, zarr_format=3)
+    _commit(path, n + k, commit["variables"])
+    added = [str(s) for s in new[SITE].values]
+    log.info("appended %d site(s) to %s: %s", k, path, ", ".join(added))
+    return added
+
+
+def add_variables(new: xr.Dataset, path, *, overwrite: bool = False) -> list[str]:
+    """Add variables (e.g. features fetched from Earth Engine) for the store's sites.
+
+    ``new`` is aligned to the store's sites and days; missing entries are NaN. Existing
+    variables are replaced only with ``overwrite=True``. The variables become visible only once
+    all are written.
+    """
+    path = Path(path)
+    commit = _rollback(path)
+    cur = open_store(path)
+    names = list(new.data_vars)
+    clash = [v for v in names if v in cur.data_vars]
+    if clash and not overwrite:
+        raise SchemaError(f"{path} already has variable(s) {clash}; pass overwrite=True to replace them")
+    new = new.reindex({SITE: cur[SITE].values, TIME: cur.indexes[TIME]})
+    data = {v: new[v].transpose(*schema.DIMS).data for v in names}
+    sites = pd.DataFrame({c: schema.decode(c, cur[c].values) if c in schema.CATEGORICALS else cur[c].values for c in schema.SITE_COORDS})
+    sites.insert(0, "site", cur[SITE].values)
+    staged = schema.site_dataset(data, sites, cur.indexes[TIME])
+    staged = staged.chunk({SITE: schema.STORE_CHUNKS[SITE], TIME: schema.STORE_CHUNKS[TIME]})
+    g = zarr.open_group(str(path), mode="r+", zarr_format=3)
+    for v in clash:
+        del g[v]
+    _commit(path, commit["n_sites"], [v for v in commit["variables"] if v not in clash])
+    enc = {k: v for k, v in _encoding(staged).items() if k in names}
+    staged[names].drop_vars(list(schema.SITE_COORDS) + [TIME, SITE]).to_zarr(
+        str(path), mode="a", consolidated=False, zarr_format=3, encoding=enc
+    )
+    _commit(path, commit["n_sites"], sorted(set(commit["variables"]) | set(names)))
+    log.info("added %d variable(s) to %s", len(names), path)
+    return names
+
+
+def summary(ds: xr.Dataset) -> dict:
+    """Counts a user wants first: sites, period, variables, classes, observations, QC."""
+    from cbgrid.schema import GPP, QC
+
+    t = ds.indexes[TIME]
+    out = {
+        "sites": int(ds.sizes[SITE]),
+        "period": (str(t[0].date()), str(t[-1].date())) if len(t) else None,
+        "days": int(ds.sizes[TIME]),
+        "variables": list(ds.data_vars),
+        "igbp": pd.Series(schema.class_names(ds, "igbp")).value_counts().sort_index().to_dict(),
+        "koppen": pd.Series(schema.class_names(ds, "koppen")).value_counts().sort_index().to_dict(),
+    }
+    if GPP in ds:
+        obs = ds[GPP].notnull()
+        out["site_days_observed"] = int(obs.sum().compute())
+    if QC in ds:
+        qc = ds[QC].data
+        import dask.array as da
+
+        qc = qc if isinstance(qc, da.Array) else da.from_array(qc)
+        flat = qc.ravel()
+        valid = flat[~da.isnan(flat)]
+        hist, _ = da.histogram(valid, bins=[0, 0.25, 0.5, 0.75, 1.0 - 1e-6, 1.0 + 1e-6])
+        hist = hist.compute()
+        out["qc"] = {"[0,0.25)": int(hist[0]), "[0.25,0.5)": int(hist[1]), "[0.5,0.75)": int(hist[2]), "[0.75,1)": int(hist[3]), "==1": int(hist[4])}
+    return out
