@@ -143,7 +143,7 @@ def site_coords(sites: pd.DataFrame) -> dict:
         if bad.any():
             i = int(np.flatnonzero(bad)[0])
             raise SchemaError(
-                f"site {sites['site'].iloc[i]!r}: {name} = {sites[name].iloc[i]!r} is outside "
+                f"site {sites['site'].iloc[i]!r}: {name} = {sites[name].iloc[i]} is outside "
                 f"[-{lim}, {lim}]"
             )
     kd = sites["koppen_detailed"] if "koppen_detailed" in sites else ["unknown"] * n

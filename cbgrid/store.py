@@ -199,6 +199,8 @@ def append_sites(new: xr.Dataset, path) -> list[str]:
     for v in region.data_vars:
         region[v].encoding = {}
     region.to_zarr(str(path), region={SITE: slice(n, n + k)}, consolidated=False, zarr_format=3)
+    # xarray leaves the index coordinate out of region writes: write the new ids ourselves.
+    g[SITE][n : n + k] = np.asarray([str(s) for s in new[SITE].values], dtype=object)
     _commit(path, n + k, commit["variables"])
     added = [str(s) for s in new[SITE].values]
     log.info("appended %d site(s) to %s: %s", k, path, ", ".join(added))

@@ -1,0 +1,107 @@
+"""Store commands: ``twin``, ``ingest``, ``info``, ``split``."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("twin", help="build the synthetic-twin benchmark store (the embedded default)")
+    p.add_argument("--out", required=True, type=Path, help="store path (e.g. twin.zarr)")
+    p.add_argument("--sites", type=int, default=None, help="number of sites (default: the 212 catalog sites; more draws extra land locations)")
+    p.add_argument("--start", default="2000-02-24", help="first day (default 2000-02-24, the start of MODIS)")
+    p.add_argument("--end", default="2024-12-31", help="last day (default 2024-12-31)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--overwrite", action="store_true", help="replace an existing store (only once the new one is complete)")
+    p.set_defaults(func=cmd_twin)
+
+    p = sub.add_parser("ingest", help="build or extend a store from ONEFlux daily (DD) CSV files")
+    p.add_argument("files", nargs="+", type=Path, help="ONEFlux DD files (FLUXNET2015, AmeriFlux-FLUXNET, ICOS, JapanFlux)")
+    p.add_argument("--out", required=True, type=Path, help="store to create, or to add the sites to")
+    p.add_argument("--sites", type=Path, default=None, help="site table CSV (site, lat, lon, igbp, koppen) for sites not in the catalog")
+    p.add_argument("--start", default="2000-02-24", help="first day of a new store's time axis")
+    p.add_argument("--end", default="2024-12-31", help="last day of a new store's time axis")
+    p.set_defaults(func=cmd_ingest)
+
+    p = sub.add_parser("info", help="summarise a store: sites, period, variables, classes, observations, QC")
+    p.add_argument("store", type=Path)
+    p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("split", help="write the train/test site membership (and 5 CV folds) as CSV")
+    p.add_argument("store", type=Path)
+    p.add_argument("--by", required=True, choices=["igbp", "koppen", "official-igbp", "official-koppen"])
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, default=None, help="CSV path (default: splits/<by>-seed<seed>.csv beside the store)")
+    p.set_defaults(func=cmd_split)
+
+
+def cmd_twin(args) -> int:
+    from cbgrid import store
+    from cbgrid.sources import twin
+
+    ds = twin.twin_store(n_sites=args.sites, start=args.start, end=args.end, seed=args.seed)
+    store.write_store(ds, args.out, overwrite=args.overwrite)
+    print_summary(store.open_store(args.out), args.out)
+    return 0
+
+
+def cmd_ingest(args) -> int:
+    import pandas as pd
+
+    from cbgrid import store
+    from cbgrid.sources import fluxnet
+
+    sites = pd.read_csv(args.sites, keep_default_na=False) if args.sites else None
+    new = fluxnet.read_many(args.files, sites=sites)
+    if args.out.exists():
+        added = store.append_sites(new, args.out)
+        log.info("added %d site(s) to %s", len(added), args.out)
+    else:
+        days = pd.date_range(args.start, args.end, freq="D")
+        outside = int((~new.indexes["time"].isin(days)).sum())
+        if outside:
+            log.warning("%d day(s) fall outside %s..%s and are dropped", outside, args.start, args.end)
+        store.write_store(new.reindex(time=days), args.out)
+    print_summary(store.open_store(args.out), args.out)
+    return 0
+
+
+def cmd_info(args) -> int:
+    from cbgrid import store
+
+    print_summary(store.open_store(args.store), args.store)
+    return 0
+
+
+def cmd_split(args) -> int:
+    from cbgrid import splits, store
+
+    df = splits.make_split(store.open_store(args.store), by=args.by, seed=args.seed)
+    out = args.out or args.store.parent / "splits" / f"{args.by}-seed{args.seed}.csv"
+    splits.write_split(df, out)
+    print(splits.summary(df).to_string())
+    print(f"split written to {out}")
+    return 0
+
+
+def print_summary(ds, path) -> None:
+    from cbgrid import store
+
+    s = store.summary(ds)
+    lines = [
+        f"store      {path}",
+        f"sites      {s['sites']}",
+        f"period     {s['period'][0]} .. {s['period'][1]} ({s['days']} days)" if s["period"] else "period     (empty)",
+        f"variables  {len(s['variables'])}: {', '.join(s['variables'])}",
+        "IGBP       " + "  ".join(f"{k} {v}" for k, v in s["igbp"].items()),
+        "Koppen     " + "  ".join(f"{k} {v}" for k, v in s["koppen"].items()),
+    ]
+    if "site_days_observed" in s:
+        lines.append(f"observed   {s['site_days_observed']} site-days with GPP")
+    if "qc" in s:
+        lines.append("QC         " + "  ".join(f"{k}: {v}" for k, v in s["qc"].items()))
+    print("\n".join(lines))

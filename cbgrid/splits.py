@@ -1,0 +1,152 @@
+"""Site hold-out splits of the CarbonBench protocol.
+
+* ``igbp``: stratified by IGBP class — half of a class's sites are test sites when it has at
+  most 10 sites (floor(n/2)), a fifth otherwise (round(n/5)); every class with ≥ 2 sites is on
+  both sides. These rules reproduce the paper's per-class counts.
+* ``koppen``: stratified by Köppen main class, a fifth of each class (round(n/5), ≥ 1).
+* ``official-igbp`` / ``official-koppen``: the published CarbonBench test membership.
+Train sites also get 5 cross-validation folds stratified by Köppen. Everything is a pure
+function of the site table and the seed.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+
+from cbgrid import catalog, schema
+from cbgrid.schema import SchemaError
+
+log = logging.getLogger(__name__)
+
+KINDS = ("igbp", "koppen", "official-igbp", "official-koppen")
+COLUMNS = ["site", "split", "seed", "set", "fold", "igbp", "koppen"]
+N_FOLDS = 5
+
+
+def site_table(store_or_sites) -> pd.DataFrame:
+    """site, igbp, koppen (class names) from a store Dataset or a site table."""
+    if isinstance(store_or_sites, xr.Dataset):
+        ds = store_or_sites
+        return pd.DataFrame({
+            "site": [str(s) for s in ds[schema.SITE].values],
+            "igbp": schema.class_names(ds, "igbp"),
+            "koppen": schema.class_names(ds, "koppen"),
+        })
+    df = pd.DataFrame(store_or_sites)[["site", "igbp", "koppen"]].copy()
+    df["site"] = df["site"].astype(str)
+    return df
+
+
+def _n_test(n: int, by: str) -> int:
+    if n < 2:
+        return 0
+    frac_small = by == "igbp" and n <= 10
+    k = n // 2 if frac_small else int(np.floor(n / 5 + 0.5))
+    return min(max(k, 1), n - 1)
+
+
+def _folds(train: pd.DataFrame, rng: np.random.Generator, n_folds: int) -> pd.Series:
+    """Köppen-stratified fold labels: each class dealt round-robin from a rotating offset."""
+    fold = pd.Series(-1, index=train.index, dtype=int)
+    offset = 0
+    for _, grp in train.groupby("koppen", sort=True):
+        idx = rng.permutation(grp.index.to_numpy())
+        fold.loc[idx] = (np.arange(idx.size) + offset) % n_folds
+        offset = (offset + idx.size) % n_folds
+    return fold
+
+
+def make_split(store_or_sites, by: str = "koppen", seed: int = 0, n_folds: int = N_FOLDS) -> pd.DataFrame:
+    """Assign every site to train or test (and train sites to CV folds) — see module doc."""
+    if by not in KINDS:
+        raise ValueError(f"unknown split {by!r}; choose one of {', '.join(KINDS)}")
+    sites = site_table(store_or_sites).sort_values("site").reset_index(drop=True)
+    if sites.empty:
+        raise ValueError("no sites to split")
+    rng = np.random.default_rng(seed)
+    test = pd.Series(False, index=sites.index)
+    if by.startswith("official-"):
+        official = set(catalog.official_test_sites(by)["site"])
+        test = sites["site"].isin(official)
+        if not test.any():
+            raise ValueError(f"none of the {len(sites)} sites is a published {by} test site")
+        log.info("%s: %d of the %d published test sites are in this store", by, int(test.sum()), len(official))
+    else:
+        key = "igbp" if by == "igbp" else "koppen"
+        for cls, grp in sites.groupby(key, sort=True):
+            k = _n_test(len(grp), by)
+            if k == 0:
+                log.warning("%s class %s has a single site (%s): it stays in train", key, cls, grp["site"].iloc[0])
+                continue
+            picked = rng.choice(grp.index.to_numpy(), size=k, replace=False)
+            test.loc[picked] = True
+    out = sites.assign(split=by, seed=seed, set=np.where(test, "test", "train"))
+    train = out[out["set"] == "train"]
+    if train.empty:
+        raise ValueError(f"the {by} split leaves no training sites")
+    folds = _folds(train, rng, n_folds)
+    out["fold"] = pd.array([pd.NA] * len(out), dtype="Int64")
+    out.loc[folds.index, "fold"] = folds.to_numpy()
+    return out[COLUMNS]
+
+
+def write_split(df: pd.DataFrame, path) -> Path:
+    """Write a split as CSV (columns site,split,seed,set,fold,igbp,koppen), atomically."""
+    path = Path(path)
+    check(df)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    df[COLUMNS].to_csv(tmp, index=False)
+    tmp.replace(path)
+    return path
+
+
+def read_split(path) -> pd.DataFrame:
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"no split file at {path}")
+    df = pd.read_csv(path, dtype={"site": str, "fold": "Int64"}, keep_default_na=False, na_values={"fold": [""]})
+    return check(df, where=str(path))
+
+
+def check(df: pd.DataFrame, where: str = "split") -> pd.DataFrame:
+    missing = [c for c in COLUMNS if c not in df.columns]
+    if missing:
+        raise SchemaError(f"{where}: missing column(s) {missing}; expected {COLUMNS}")
+    bad = sorted(set(df["set"]) - {"train", "test"})
+    if bad:
+        raise SchemaError(f"{where}: column 'set' must be 'train' or 'test', found {bad}")
+    if df["site"].duplicated().any():
+        raise SchemaError(f"{where}: duplicate site(s) {df.loc[df['site'].duplicated(), 'site'].tolist()[:5]}")
+    return df
+
+
+def train_sites(df: pd.DataFrame) -> list[str]:
+    return df.loc[df["set"] == "train", "site"].tolist()
+
+
+def test_sites(df: pd.DataFrame) -> list[str]:
+    return df.loc[df["set"] == "test", "site"].tolist()
+
+
+def folds(df: pd.DataFrame) -> list[tuple[list[str], list[str]]]:
+    """(fit sites, validation sites) for each CV fold of the train sites."""
+    train = df[df["set"] == "train"]
+    return [
+        (train.loc[train["fold"] != k, "site"].tolist(), train.loc[train["fold"] == k, "site"].tolist())
+        for k in sorted(train["fold"].dropna().unique())
+    ]
+
+
+def summary(df: pd.DataFrame) -> pd.DataFrame:
+    """Per-class train/test counts (like the paper's split tables)."""
+    key = "igbp" if df["split"].iloc[0].endswith("igbp") else "koppen"
+    t = pd.crosstab(df[key], df["set"]).reindex(columns=["train", "test"], fill_value=0)
+    t.insert(0, "raw", t.sum(axis=1))
+    t.loc["Total"] = t.sum()
+    return t

