@@ -105,7 +105,7 @@ def koppen_detailed_at(lat, lon) -> np.ndarray:
 def _majority_block(block: np.ndarray, factor: int, classes: np.ndarray, nodata: int) -> np.ndarray:
     ny, nx = block.shape[0] // factor, block.shape[1] // factor
     b = block[: ny * factor, : nx * factor].reshape(ny, factor, nx, factor)
-    counts = np.stack([(b == c).sum(axis=(1, 3)) for c in classes])
+    counts = np.stack([np.count_nonzero(b == c, axis=(1, 3)) for c in classes])
     best = classes[np.argmax(counts, axis=0)].astype(block.dtype)
     best[counts.sum(axis=0) == 0] = nodata
     return best
