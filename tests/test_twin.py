@@ -1,0 +1,203 @@
+"""Tests of the synthetic twin (cbgrid.sources.twin): determinism, independence of subset /
+chunking / start, names and units, flux balance, observation model, plausibility."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import xarray as xr
+
+from cbgrid.sources import twin
+
+TIME = pd.date_range("2003-01-01", "2005-12-31", freq="D")
+
+
+@pytest.fixture(scope="module")
+def sites():
+    return twin.twin_sites(24, seed=0)
+
+
+@pytest.fixture(scope="module")
+def sim(sites):
+    igbp, kop = twin._codes(sites)
+    return twin.simulate(sites["lat"], sites["lon"], igbp, kop, TIME, twin.site_keys(sites["site"]),
+                         seed=0, with_truth=True)
+
+
+def _args(sites, sl=slice(None)):
+    igbp, kop = twin._codes(sites)
+    return (sites["lat"].to_numpy()[sl], sites["lon"].to_numpy()[sl], igbp[sl], kop[sl])
+
+
+def _same(a, b):
+    """Equal NaN masks and values equal to float32 tolerance."""
+    np.testing.assert_array_equal(np.isnan(a), np.isnan(b))
+    np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6 * max(1.0, float(np.nanmax(np.abs(a)))))
+
+
+def test_names_units_dtypes(sim, sites):
+    want = set(twin.DRIVER_VARS + twin.TARGET_VARS + twin.TRUTH_VARS)
+    assert set(sim) == want
+    for k, v in sim.items():
+        assert v.dtype == np.float32, k
+        assert v.shape == (len(sites), len(TIME)), k
+        assert k in twin.UNITS
+    from cbgrid import catalog
+
+    for k in twin.DRIVER_VARS + twin.TARGET_VARS:
+        assert catalog.variable(k)["units"] == twin.UNITS[k], k
+
+
+def test_deterministic_and_seed_dependent(sites, sim):
+    keys = twin.site_keys(sites["site"])
+    again = twin.simulate(*_args(sites), TIME, keys, seed=0, with_truth=True)
+    for k in sim:
+        np.testing.assert_array_equal(sim[k], again[k], err_msg=k)
+    other = twin.simulate(*_args(sites), TIME, keys, seed=1)
+    assert not np.allclose(sim["temperature_2m"], other["temperature_2m"])
+    assert not np.array_equal(np.isnan(sim["NEE_VUT_USTAR50"]), np.isnan(other["NEE_VUT_USTAR50"]))
+
+
+def test_subset_and_later_start_give_same_numbers(sites, sim):
+    sl = slice(3, 9)
+    later = TIME[200:]
+    part = twin.simulate(*_args(sites, sl), later, twin.site_keys(sites["site"])[sl], seed=0, with_truth=True)
+    for k in part:
+        _same(sim[k][sl, 200:], part[k])
+
+
+def test_true_balance_exact_and_observed_balance(sim):
+    np.testing.assert_array_equal(sim["NEE_true"], sim["RECO_true"] - sim["GPP_true"])
+    resid = sim["RECO_NT_VUT_USTAR50"] - sim["NEE_VUT_USTAR50"] - sim["GPP_NT_VUT_USTAR50"]
+    assert np.nanmax(np.abs(resid)) < 1e-4
+    for k in twin.TRUTH_VARS:
+        assert np.isfinite(sim[k]).all()
+    assert (sim["GPP_true"] >= 0).all() and (sim["RECO_true"] > 0).all()
+
+
+def test_qc_distribution(sim):
+    qc = sim["NEE_VUT_USTAR50_QC"]
+    q = qc[np.isfinite(qc)]
+    assert q.size > 5000
+    assert q.min() >= 0 and q.max() <= 1
+    assert 0.42 < (q == 1).mean() < 0.68  # US-AR1: 54 %
+    assert np.median(q) == 1.0
+    assert 0.85 < np.quantile(q, 0.25) < 0.97  # US-AR1: 0.92
+    assert 0.74 < q.mean() < 0.90  # US-AR1: 0.82
+
+
+def test_targets_gaps_together_features_complete(sim):
+    masks = [np.isnan(sim[k]) for k in twin.TARGET_VARS]
+    for m in masks[1:]:
+        np.testing.assert_array_equal(masks[0], m)
+    frac = masks[0].mean()
+    assert 0.05 < frac < 0.95
+    # gaps inside the record: some site has a NaN run bounded by data on both sides
+    m = masks[0]
+    inner = [np.diff(m[i].astype(int)) for i in range(m.shape[0])]
+    assert any((d == 1).sum() >= 2 for d in inner)
+    for k in twin.ERA5_VARS:
+        assert np.isfinite(sim[k]).all(), k
+
+
+def test_modis_missing_fraction(sim, sites):
+    low = np.abs(sites["lat"].to_numpy()) < 50  # no polar night
+    refl = sim["sur_refl_b01"][low]
+    frac = np.isnan(refl).mean()
+    assert 0.05 < frac < 0.12
+    for k in twin.MODIS_VARS:
+        np.testing.assert_array_equal(np.isnan(sim[k]), np.isnan(sim["sur_refl_b01"]), err_msg=k)
+    early = twin.simulate(*_args(sites, slice(0, 2)), pd.date_range("2000-02-20", "2000-02-28"),
+                          twin.site_keys(sites["site"])[:2])
+    assert np.isnan(early["sur_refl_b02"][:, :4]).all()
+
+
+def test_physical_bounds(sim):
+    for b in twin.MODIS_BANDS:
+        v = sim[b][np.isfinite(sim[b])]
+        assert v.min() >= 0 and v.max() <= 1, b
+    assert (sim["leaf_area_index_high_vegetation"] >= 0).all()
+    assert (sim["leaf_area_index_low_vegetation"] >= 0).all()
+    assert (sim["total_precipitation_sum"] >= 0).all()
+    assert sim["total_evaporation_sum"].mean() < 0
+    assert (sim["dewpoint_temperature_2m"] <= sim["temperature_2m"]).all()
+    assert (sim["surface_net_solar_radiation_sum"] <= sim["surface_solar_radiation_downwards_sum"]).all()
+    t = sim["temperature_2m"]
+    assert 200 < t.min() and t.max() < 330
+    sw = sim["volumetric_soil_water_layer_1"]
+    assert 0 < sw.min() and sw.max() <= 0.5
+    sza = sim["SolarZenith"][np.isfinite(sim["SolarZenith"])]
+    assert 0 <= sza.min() and sza.max() <= 90
+
+
+def test_ndvi_follows_lai(sim):
+    ndvi = (sim["sur_refl_b02"] - sim["sur_refl_b01"]) / (sim["sur_refl_b02"] + sim["sur_refl_b01"])
+    lai = sim["leaf_area_index_high_vegetation"] + sim["leaf_area_index_low_vegetation"]
+    clear = np.isfinite(ndvi) & (sim["clouds"] < 0.1)
+    assert np.corrcoef(ndvi[clear], lai[clear])[0, 1] > 0.4
+
+
+def test_twin_sites_subset_and_store_chunk_independence():
+    s = twin.twin_sites(20, seed=3)
+    assert len(s) == 20 and s["site"].is_unique
+    assert s.equals(twin.twin_sites(20, seed=3))
+    full = twin.twin_sites()
+    assert s["igbp"].nunique() >= min(20, full["igbp"].nunique()) - 1
+    a = twin.twin_store(s.iloc[:7], start="2010-01-01", end="2010-06-30", site_chunk=3)
+    b = twin.twin_store(s.iloc[:7], start="2010-03-01", end="2010-06-30", site_chunk=7)
+    assert a["temperature_2m"].chunks is not None  # lazy
+    assert a.attrs["source"] == "cbgrid synthetic twin" and a.attrs["twin_seed"] == 0
+    from cbgrid import schema
+
+    schema.validate(a)
+    for k in ("temperature_2m", "sur_refl_b02", "NEE_VUT_USTAR50", "leaf_area_index_high_vegetation"):
+        _same(a[k].sel(time=b.time).values, b[k].values)
+
+
+def test_annual_budget_plausible():
+    s = twin.twin_sites(40, seed=0)
+    time = pd.date_range("2004-01-01", "2005-12-31")
+    out = twin.simulate(*_args(s), time, twin.site_keys(s["site"]), seed=0, with_truth=True)
+    igbp, _ = twin._codes(s)
+    ds = xr.Dataset({k: (("site", "time"), v) for k, v in out.items()},
+                    coords={"site": s["site"].to_numpy(), "time": time, "igbp": ("site", igbp)})
+    bud = twin.annual_budget(ds, use_truth=True)
+    assert {"GPP", "RECO", "NEE", "n_sites", "GPP_lit_low", "GPP_lit_high"} <= set(bud.columns)
+    assert bud["n_sites"].sum() == len(s)
+    lit = bud.dropna(subset=["GPP_lit_low"])
+    # loose bounds: classes with >= 3 sites within half the lower and 1.5x the upper
+    # literature bound; a class of one or two sites can sit anywhere in its climate range
+    many = lit[lit["n_sites"] >= 3]
+    assert len(many) >= 4
+    assert (many["GPP"] > 0.5 * many["GPP_lit_low"]).all(), many
+    assert (many["GPP"] < 1.5 * many["GPP_lit_high"]).all(), many
+    assert (lit["GPP"] > 0.2 * lit["GPP_lit_low"]).all(), lit
+    assert (lit["GPP"] < 2.5 * lit["GPP_lit_high"]).all(), lit
+    assert (lit["RECO_over_GPP"].between(0.7, 1.05)).all(), lit
+    assert (lit["NEE"] < 0).mean() >= 0.8, lit
+    obs = twin.annual_budget(ds)  # observed targets: only sites with a record in the window
+    assert obs["n_sites"].sum() <= len(s)
+
+
+def test_grid_masks_water_and_matches_simulate():
+    lat = np.array([10.25, 45.25, 60.25])
+    lon = np.array([-100.25, 0.25, 20.25, 100.25])
+    igbp = np.array([[10, 0, 4, 1], [15, 12, 16, 2], [1, 1, 255, 7]])
+    kop = np.array([[1, 0, 3, 3], [4, 3, 2, 1], [4, 4, 0, 5]])
+    time = pd.date_range("2010-05-01", "2010-07-31")
+    g = twin.twin_grid(lat, lon, time, seed=2, igbp=igbp, koppen=kop, chunks=2)
+    assert g["GPP_true"].dims == ("time", "lat", "lon") and g["GPP_true"].chunks is not None
+    v = g.compute()
+    water = (igbp == 0) | (igbp == 15) | (igbp == 255)
+    for k in ("temperature_2m", "GPP_true", "NEE_true"):
+        assert np.isnan(v[k].values[:, water]).all(), k
+        assert np.isfinite(v[k].values[:, ~water]).all(), k
+    np.testing.assert_array_equal(v["NEE_true"].values, v["RECO_true"].values - v["GPP_true"].values)
+    # chunk-independent, and the same generator as simulate on one cell
+    w = twin.twin_grid(lat, lon, time, seed=2, igbp=igbp, koppen=kop, chunks={"lat": 3, "lon": 1}).compute()
+    xr.testing.assert_allclose(v, w)
+    one = twin.simulate([45.25], [0.25], [12], [3], time, twin.grid_keys([45.25], [0.25]), seed=2, with_truth=True)
+    _same(one["GPP_true"][0], v["GPP_true"].values[:, 1, 1])
+    _same(one["temperature_2m"][0], v["temperature_2m"].values[:, 1, 1])
+    assert v["temperature_2m"].attrs["units"] == "K"
