@@ -124,9 +124,20 @@ def open_store(path, *, validate: bool = True, chunks="auto") -> xr.Dataset:
     uncommitted = [v for v in ds.data_vars if v not in commit["variables"]]
     ds = ds.drop_vars(uncommitted).isel({SITE: slice(0, commit["n_sites"])})
     ds[SITE] = ds[SITE].astype(object)
+    # Site coordinates are tiny and every consumer needs them: hold them in memory.
+    ds = ds.assign_coords({c: ds[c].compute() for c in schema.SITE_COORDS if c in ds.coords})
+    order = {name: i for i, name in enumerate(schema_order())}
+    ds = ds[sorted(ds.data_vars, key=lambda v: (order.get(v, len(order)), v))]
     ds.attrs.pop(COMMIT, None)
     ds.encoding["source"] = str(path)
     return schema.validate(ds) if validate else ds
+
+
+def schema_order() -> list[str]:
+    """Catalog order of variables: ERA5-Land bands, MODIS bands, then targets and QC."""
+    from cbgrid import catalog
+
+    return list(catalog.variables().index)
 
 
 def _rollback(path: Path) -> dict:
