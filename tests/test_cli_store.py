@@ -57,3 +57,18 @@ def test_split_command_writes_stable_csv(tmp_path, small_ds, capsys):
 def test_missing_store_is_a_clear_error(tmp_path, capsys):
     assert main(["-q", "info", str(tmp_path / "nope.zarr")]) == 2
     assert "no store at" in capsys.readouterr().err
+
+
+def test_twin_command_builds_a_valid_store(tmp_path, capsys):
+    out = tmp_path / "twin.zarr"
+    argv = ["-q", "twin", "--out", str(out), "--sites", "8", "--start", "2019-01-01", "--end", "2019-03-31", "--seed", "4"]
+    assert main(argv) == 0
+    text = capsys.readouterr().out
+    assert "sites      8" in text and "2019-01-01 .. 2019-03-31 (90 days)" in text
+    ds = store.open_store(out)  # validates
+    assert set(schema.TARGETS) <= set(ds.data_vars) and "temperature_2m" in ds
+    assert ds.attrs["twin_seed"] == 4
+    # Refuses to replace without --overwrite, and the existing store survives.
+    assert main(argv) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert store.open_store(out).sizes["site"] == 8
