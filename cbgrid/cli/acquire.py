@@ -1,0 +1,120 @@
+"""Earth Engine commands: ``acquire sites`` (features into the store), ``acquire grid`` (driver grids)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("acquire", help="fetch MODIS and ERA5-Land features from Google Earth Engine (your own credentials)")
+    acq = p.add_subparsers(dest="acquire_command", metavar="WHAT", required=True)
+
+    s = acq.add_parser(
+        "sites",
+        help="per-site MOD09GA (2 km window) and ERA5-Land features, merged into a store",
+        description="Fetch daily MOD09GA reflectance, angles and cloud fraction (2 km x 2 km window mean) and "
+        "ERA5-Land DAILY_AGGR bands at every site, one request per site and year, cached so a re-run resumes; "
+        "the store is written or updated only once every chunk is in the cache.",
+    )
+    s.add_argument("--out", required=True, type=Path, help="store to create, or to add the features / sites to")
+    s.add_argument("--sites", type=Path, default=None, help="site table CSV (site, lat, lon, igbp, koppen); default: the packaged site catalog")
+    s.add_argument("--site", action="append", default=None, metavar="ID", help="only this site (repeatable)")
+    s.add_argument("--features", default="minimal", choices=["minimal", "standard", "full"], help="ERA5-Land feature set (the 12 MODIS features come with every set)")
+    s.add_argument("--start", default=None, help="first day (default: the existing store's first day)")
+    s.add_argument("--end", default=None, help="last day (default: the existing store's last day)")
+    s.add_argument("--cache", type=Path, default=None, help="per-site, per-year response cache (default: <out>.ee-cache beside the store)")
+    _common(s)
+    s.add_argument("--workers", type=int, default=4, help="concurrent Earth Engine requests (default 4)")
+    s.add_argument("--overwrite", action="store_true", help="replace features the store already has for these sites")
+    s.set_defaults(func=cmd_sites)
+
+    g = acq.add_parser(
+        "grid",
+        help="open a recipe's driver grids lazily through xee; optionally save them to Zarr",
+        description="Open ERA5-Land and MOD09GA (area-averaged onto the recipe grid) for the recipe's region, "
+        "resolution and period, with the store's variable names and units.",
+    )
+    g.add_argument("recipe", type=Path, help="product recipe YAML with drivers.source: earthengine")
+    g.add_argument("--zarr", type=Path, default=None, help="save the grids to this Zarr store (otherwise only describe them)")
+    g.add_argument("--chunk-days", type=int, default=32, help="days per request and dask chunk (default 32)")
+    g.add_argument("--overwrite", action="store_true", help="replace an existing --zarr store")
+    _common(g)
+    g.set_defaults(func=cmd_grid)
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--project", default=None, help="Google Cloud project with the Earth Engine API (default: $EARTHENGINE_PROJECT, then $GOOGLE_CLOUD_PROJECT)")
+    p.add_argument("--max-tries", type=int, default=6, help="tries per request on rate limits and transient errors (default 6)")
+
+
+def _fail(args, err) -> int:
+    print(f"cbgrid acquire {args.acquire_command}: error: {err}", file=sys.stderr)
+    return 1
+
+
+def cmd_sites(args) -> int:
+    import pandas as pd
+
+    from cbgrid import catalog, store
+    from cbgrid.sources import earthengine as ee_src
+
+    sites = pd.read_csv(args.sites, keep_default_na=False) if args.sites else catalog.sites()
+    if args.site:
+        unknown = sorted(set(args.site) - set(sites["site"].astype(str)))
+        if unknown:
+            raise ValueError(f"site(s) {unknown} are not in {args.sites or 'the site catalog'}")
+        sites = sites[sites["site"].astype(str).isin(args.site)].reset_index(drop=True)
+    start, end = args.start, args.end
+    if start is None or end is None:
+        if not args.out.exists():
+            raise ValueError("--start and --end are needed to create a new store")
+        t = store.open_store(args.out).indexes["time"]
+        start, end = start or str(t[0].date()), end or str(t[-1].date())
+    cache = args.cache or args.out.with_name(args.out.name + ".ee-cache")
+    progress = not args.quiet
+    try:
+        ds = ee_src.acquire_sites(
+            sites, start, end, feature_set=args.features, cache_dir=cache, project=args.project,
+            workers=args.workers, max_tries=args.max_tries, progress=progress,
+        )
+    except ee_src.EarthEngineError as e:
+        return _fail(args, e)
+    result = ee_src.merge_into_store(ds, args.out, overwrite=args.overwrite)
+    merged = store.open_store(args.out)
+    print(
+        f"store      {args.out} ({'created' if result['created'] else 'updated'})\n"
+        f"acquired   {ds.sizes['site']} sites x {ds.sizes['time']} days, {len(ds.data_vars)} features ({args.features})\n"
+        f"added      {result['sites_added']} site(s), {len(result['variables_added'])} variable(s)\n"
+        f"store now  {merged.sizes['site']} sites, {merged.sizes['time']} days, {len(merged.data_vars)} variables\n"
+        f"cache      {cache}"
+    )
+    return 0
+
+
+def cmd_grid(args) -> int:
+    from cbgrid.recipe import load_recipe
+    from cbgrid.sources import earthengine as ee_src
+
+    recipe = load_recipe(args.recipe)
+    try:
+        ds = ee_src.open_grid(recipe, project=args.project, chunks={"time": args.chunk_days}, max_tries=args.max_tries)
+        if args.zarr:
+            ee_src.save_grid(ds, args.zarr, overwrite=args.overwrite, progress=not args.quiet)
+    except ee_src.EarthEngineError as e:
+        return _fail(args, e)
+    n_chunks = 1
+    for c in ds.chunks.values():
+        n_chunks *= len(c)
+    print(
+        f"grid       {recipe.name}: {ds.sizes['lat']} x {ds.sizes['lon']} cells at {recipe.grid.resolution} deg, "
+        f"{ds.sizes['time']} days ({recipe.period.start.date()} .. {recipe.period.end.date()})\n"
+        f"variables  {len(ds.data_vars)}: {', '.join(ds.data_vars)}\n"
+        f"chunks     {dict((k, v[0]) for k, v in ds.chunks.items())}: {n_chunks} per variable, one Earth Engine request each"
+        + (f"\nsaved      {args.zarr}" if args.zarr else "")
+    )
+    return 0

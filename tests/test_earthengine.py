@@ -1,0 +1,428 @@
+"""Earth Engine acquisition, tested at the ``ee`` boundary with an evaluating fake (tests/fake_ee.py).
+
+The fake computes the server-side expressions cbgrid builds (masks, cloud bits, window means)
+on known pixels; expected values here are computed independently with numpy. The live test
+(marked ``network``) runs only where Earth Engine credentials exist.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import dask
+import numpy as np
+import pandas as pd
+import pytest
+import xarray as xr
+
+import fake_ee
+from fake_ee import ANGLE_FILL, ERA5_ID, MODIS_ID, REFL_FILL, EEException, World
+
+from cbgrid import catalog, schema, store
+from cbgrid.cli import main
+from cbgrid.recipe import parse_recipe
+from cbgrid.sources import earthengine as E
+
+START, END = "2003-12-30", "2004-02-16"  # two year-chunks; 2004-02-14 (doy 45) has no MOD09GA image
+REFL = [f"sur_refl_b0{i}" for i in range(1, 8)]
+ANGLES = ["SensorZenith", "SensorAzimuth", "SolarZenith", "SolarAzimuth"]
+CLOUDY_STATES = [1, 5, 513]  # the fake's state_1km values whose bits 0-1 are 01
+
+
+@pytest.fixture
+def world(monkeypatch):
+    w = World()
+    monkeypatch.setitem(sys.modules, "ee", fake_ee.make_module(w))
+    for var in E.PROJECT_ENV:
+        monkeypatch.delenv(var, raising=False)
+    w.sleeps = []
+    monkeypatch.setattr(E, "_sleep", w.sleeps.append)
+    return w
+
+
+@pytest.fixture
+def sites():
+    s = catalog.sites()
+    return s[s["site"].isin(["AR-SLu", "AT-Neu", "US-Ha1"])].reset_index(drop=True)
+
+
+def n_tasks(sites, start=START, end=END):
+    return len(sites) * len(E.SOURCES) * len(E.time_chunks(start, end))
+
+
+def expected_site(world, lat, lon, day):
+    """Window means computed independently from the fake's raw pixels."""
+    ctx = fake_ee.window_ctx(lat, lon)
+    out = {}
+    for b in REFL:
+        v, _ = world.pixels(MODIS_ID, b, day, ctx)
+        out[b] = v[v != REFL_FILL].mean() * 1e-4
+    for b in ANGLES:
+        v, _ = world.pixels(MODIS_ID, b, day, ctx)
+        out[b] = v[v != ANGLE_FILL].mean() * 0.01
+    state, _ = world.pixels(MODIS_ID, "state_1km", day, ctx)
+    out["clouds"] = np.isin(state, CLOUDY_STATES).mean()
+    point = fake_ee.window_ctx(lat, lon, (1, 1))
+    for b in catalog.era5_bands("minimal"):
+        out[b] = world.pixels(ERA5_ID, b, day, point)[0][0, 0]
+    return out
+
+
+# --------------------------------------------------------------------------- requests
+
+
+def test_window_is_2km_square_around_the_site():
+    from pyproj import Geod
+
+    geod = Geod(ellps="WGS84")
+    for lat, lon in [(0.0, 10.0), (45.5, -72.2), (-33.46, -66.46), (70.0, 25.0)]:
+        w, s, e, n = E.window_bounds(lat, lon)
+        assert (w + e) / 2 == pytest.approx(lon) and (s + n) / 2 == pytest.approx(lat)
+        ew = geod.inv(w, lat, e, lat)[2]
+        ns = geod.inv(lon, s, lon, n)[2]
+        assert ew == pytest.approx(2000.0, abs=1.0) and ns == pytest.approx(2000.0, abs=1.0)
+
+
+def test_site_requests_collections_geometry_scale_and_dates(world, sites, tmp_path):
+    E.acquire_sites(sites, START, END, cache_dir=tmp_path, workers=1, progress=False)
+    filters = [c[1:] for c in world.calls if c[0] == "filterDate"]
+    for cid in (MODIS_ID, ERA5_ID):
+        got = sorted({(a, b) for c, a, b in filters if c == cid})
+        assert got == [("2003-12-30", "2004-01-01"), ("2004-01-01", "2004-02-17")]
+        assert sum(c == cid for c, _, _ in filters) == 2 * len(sites)
+    regions = {(c[2], c[3]) for c in world.calls if c[0] == "reduceRegion"}
+    for row in sites.itertuples():
+        assert ("Rectangle", tuple(E.window_bounds(row.lat, row.lon))) in regions
+        assert ("Point", (row.lon, row.lat)) in regions
+    for c in world.calls:
+        if c[0] == "reduceRegion":
+            _, reducer, kind, _, proj, geodesic, scale = c
+            assert reducer == "mean"
+            if kind == "Rectangle":
+                assert (proj, geodesic, scale) == ("EPSG:4326", False, pytest.approx(463.3127, abs=1e-3))
+            else:
+                assert scale == pytest.approx(11132, abs=1)
+    assert world.getinfo_calls == n_tasks(sites)
+    assert world.initialized_with == [None]
+
+
+@pytest.mark.parametrize("feature_set,n", [("minimal", 6), ("standard", 36), ("full", 150)])
+def test_era5_band_list_per_feature_set(world, feature_set, n):
+    fc = E.site_series(E.ERA5_LAND, 47.1, 11.3, "2004-07-01", "2004-07-03", feature_set)
+    selects = [c for c in world.calls if c[0] == "select"]
+    assert selects == [("select", ERA5_ID, catalog.era5_bands(feature_set))]
+    props = fc.getInfo()["features"][0]["properties"]
+    assert len(catalog.era5_bands(feature_set)) == n
+    assert set(props) == set(catalog.era5_bands(feature_set)) | {"date"}
+
+
+def test_time_chunks_are_calendar_years_inside_the_period():
+    ch = E.time_chunks("2001-03-05", "2003-01-02")
+    assert [(a.date().isoformat(), b.date().isoformat()) for a, b in ch] == [
+        ("2001-03-05", "2001-12-31"), ("2002-01-01", "2002-12-31"), ("2003-01-01", "2003-01-02")]
+    assert len(E.time_chunks("2004-02-01", "2004-02-01")) == 1
+    with pytest.raises(ValueError, match="before"):
+        E.time_chunks("2004-02-02", "2004-02-01")
+
+
+# --------------------------------------------------------------------------- values
+
+
+def test_site_dataset_names_units_and_values(world, sites, tmp_path):
+    ds = E.acquire_sites(sites, START, END, cache_dir=tmp_path, progress=False)
+    schema.validate(ds)
+    assert list(ds.data_vars) == sorted(ds.data_vars, key=(catalog.modis_bands() + catalog.era5_bands("minimal")).index)
+    assert set(ds.data_vars) == set(catalog.features("minimal"))
+    assert list(ds.site.values) == list(sites.site)
+    assert ds.sizes["time"] == len(pd.date_range(START, END))
+    for v in ds.data_vars:
+        assert ds[v].dtype == np.float32
+        assert ds[v].attrs["units"] == catalog.variable(v)["units"]
+    assert ds["sur_refl_b01"].attrs["units"] == "1" and ds["SolarZenith"].attrs["units"] == "degree"
+    for i, row in enumerate(sites.itertuples()):
+        for day in pd.to_datetime(["2003-12-30", "2004-01-01", "2004-02-13", "2004-02-16"]):
+            exp = expected_site(world, row.lat, row.lon, day)
+            for name, value in exp.items():
+                got = float(ds[name].isel(site=i).sel(time=day))
+                assert got == pytest.approx(value, rel=1e-6, abs=1e-7), (row.site, day, name)
+    # reflectance in [0, 1], angles in degrees, cloud fraction of a 16-pixel window
+    assert float(ds.sur_refl_b07.max()) < 1 and float(ds.SensorZenith.max()) < 180
+    clouds = ds.clouds.values[np.isfinite(ds.clouds.values)]
+    assert set(np.round(clouds * 16, 6)) <= set(range(17)) and len(set(clouds)) > 1
+    # the day without a MOD09GA image is NaN for MODIS and present for ERA5-Land
+    gap = ds.sel(time="2004-02-14")
+    assert all(bool(gap[b].isnull().all()) for b in catalog.modis_bands())
+    assert bool(gap.temperature_2m.notnull().all())
+
+
+def test_cloud_state_bits_decoding(world):
+    """Only bits 0-1 == 01 counts as cloudy: mixed (10), not set (11) and higher bits do not."""
+    ee = sys.modules["ee"]
+    img = ee.ImageCollection(MODIS_ID).filterDate("2004-07-01", "2004-07-02").images[0]
+    stats = E.modis_image(img).reduceRegion(reducer=ee.Reducer.mean(), geometry=ee.Geometry.Point([0, 0]), scale=1)
+    state = world.pixels(MODIS_ID, "state_1km", pd.Timestamp("2004-07-01"), fake_ee.window_ctx(0, 0, (1, 1)))[0]
+    assert stats["clouds"] == float(int(state[0, 0]) in CLOUDY_STATES)
+    box = E.modis_image(img).reduceRegion(reducer=ee.Reducer.mean(), geometry=ee.Geometry.Rectangle([-1, -1, 1, 1]), scale=1)
+    values = world.pixels(MODIS_ID, "state_1km", pd.Timestamp("2004-07-01"), fake_ee.window_ctx(0, 0))[0].astype(int)
+    manual = np.array([(v % 4) == 1 for v in values.ravel()]).mean()
+    assert box["clouds"] == pytest.approx(manual) and 0 < manual < 1
+
+
+def test_features_to_frame_nulls_scales_and_dates():
+    info = {"features": [
+        {"properties": {"date": "2004-01-02", "sur_refl_b01": 1234.0, "SensorZenith": None}},
+        {"properties": {"date": "2004-01-01", "sur_refl_b01": None}},
+    ]}
+    df = E.features_to_frame(info, ["sur_refl_b01", "SensorZenith", "clouds"])
+    assert list(df.index.strftime("%Y-%m-%d")) == ["2004-01-01", "2004-01-02"]
+    assert df.loc["2004-01-02", "sur_refl_b01"] == pytest.approx(0.1234)
+    assert df.isna().sum().tolist() == [1, 2, 2]
+    assert E.features_to_frame({"features": []}, ["clouds"]).empty
+
+
+# --------------------------------------------------------------------------- robustness
+
+
+def test_retries_rate_limits_with_backoff(world, sites, tmp_path):
+    world.fail_at = {1: EEException("Too many concurrent aggregations."), 2: EEException("HTTP Error 503: Service Unavailable")}
+    ds = E.acquire_sites(sites, START, END, cache_dir=tmp_path, workers=1, progress=False)
+    assert world.getinfo_calls == n_tasks(sites) + 2
+    assert len(world.sleeps) == 2
+    assert 1.0 <= world.sleeps[0] <= 2.0 and 2.0 <= world.sleeps[1] <= 4.0
+    assert bool(ds.sur_refl_b01.notnull().any())
+
+
+def test_gives_up_after_max_tries(world, sites, tmp_path):
+    world.fail_at = {i: EEException("Computation timed out.") for i in range(1, 4)}
+    with pytest.raises(E.EarthEngineError, match="still failing after 3 tries"):
+        E.acquire_sites(sites, START, END, cache_dir=tmp_path, workers=1, max_tries=3, progress=False)
+    assert len(world.sleeps) == 2
+
+
+def test_non_transient_error_fails_at_once_naming_site_and_chunk(world, sites, tmp_path):
+    world.fail_at = {1: EEException("User memory limit exceeded.")}
+    with pytest.raises(E.EarthEngineError) as err:
+        E.acquire_sites(sites, START, END, cache_dir=tmp_path, workers=1, progress=False)
+    msg = str(err.value)
+    assert "modis AR-SLu 2003-12-30..2003-12-31" in msg and "User memory limit" in msg and "re-run" in msg
+    assert world.sleeps == []
+
+
+def test_resume_after_failure_fetches_only_missing_chunks(world, sites, tmp_path):
+    world.fail_at = {4: EEException("ImageCollection.load: asset not found.")}
+    with pytest.raises(E.EarthEngineError):
+        E.acquire_sites(sites, START, END, cache_dir=tmp_path / "cache", workers=1, progress=False)
+    cached = len(list((tmp_path / "cache").rglob("*.csv")))
+    assert 3 <= cached < n_tasks(sites)
+    assert not list((tmp_path / "cache").rglob(".*tmp*"))
+    before = world.getinfo_calls
+    resumed = E.acquire_sites(sites, START, END, cache_dir=tmp_path / "cache", workers=2, progress=False)
+    assert world.getinfo_calls - before == n_tasks(sites) - cached
+    clean = E.acquire_sites(sites, START, END, cache_dir=tmp_path / "clean", workers=3, progress=False)
+    xr.testing.assert_identical(resumed, clean)
+    # complete cache: a re-run fetches nothing and needs no Earth Engine at all
+    world.credentials = False
+    calls = world.getinfo_calls
+    again = E.acquire_sites(sites, START, END, cache_dir=tmp_path / "cache", progress=False)
+    assert world.getinfo_calls == calls
+    xr.testing.assert_identical(again, clean)
+
+
+def test_cache_of_a_larger_feature_set_serves_a_smaller_one(world, sites, tmp_path):
+    E.acquire_sites(sites.iloc[:1], "2004-03-01", "2004-03-05", feature_set="standard", cache_dir=tmp_path, progress=False)
+    calls = world.getinfo_calls
+    ds = E.acquire_sites(sites.iloc[:1], "2004-03-01", "2004-03-05", feature_set="minimal", cache_dir=tmp_path, progress=False)
+    assert world.getinfo_calls == calls
+    assert set(ds.data_vars) == set(catalog.features("minimal"))
+    E.acquire_sites(sites.iloc[:1], "2004-03-01", "2004-03-05", feature_set="full", cache_dir=tmp_path, progress=False)
+    assert world.getinfo_calls == calls + 1  # only ERA5-Land is fetched again
+
+
+def test_missing_credentials_say_what_to_run(world, sites, tmp_path):
+    world.credentials = False
+    with pytest.raises(E.CredentialsError, match="earthengine authenticate") as err:
+        E.acquire_sites(sites, START, END, cache_dir=tmp_path, progress=False)
+    assert "EARTHENGINE_PROJECT" in str(err.value) and "--project" in str(err.value)
+    assert world.getinfo_calls == 0
+
+
+def test_project_from_argument_then_environment(world, monkeypatch):
+    monkeypatch.setenv("GOOGLE_CLOUD_PROJECT", "gcp-proj")
+    assert E.initialize() == "gcp-proj"
+    monkeypatch.setenv("EARTHENGINE_PROJECT", "ee-proj")
+    assert E.initialize() == "ee-proj"
+    assert E.initialize("cli-proj") == "cli-proj"
+    assert world.initialized_with == ["gcp-proj", "ee-proj", "cli-proj"]
+
+
+# --------------------------------------------------------------------------- CLI and store
+
+
+def test_cli_sites_creates_then_merges_into_a_store(world, sites, tmp_path, capsys):
+    out, cache = tmp_path / "sites.zarr", tmp_path / "cache"
+    # an existing store with targets for two of the sites
+    days = pd.date_range(START, END)
+    gpp = np.arange(2 * len(days), dtype=np.float32).reshape(2, -1)
+    store.write_store(schema.site_dataset({schema.GPP: gpp}, sites.iloc[:2], days), out, progress=False)
+    argv = ["-q", "acquire", "sites", "--out", str(out), "--cache", str(cache)]
+    argv += [a for s in sites.site for a in ("--site", s)]
+    assert main(argv) == 0  # period taken from the store
+    ds = store.open_store(out)
+    assert list(ds.site.values) == list(sites.site)
+    assert set(ds.data_vars) == {schema.GPP, *catalog.features("minimal")}
+    np.testing.assert_array_equal(ds[schema.GPP].values[:2], gpp)
+    assert bool(ds[schema.GPP].isel(site=2).isnull().all())
+    direct = E.acquire_sites(sites, START, END, cache_dir=cache, progress=False)
+    for v in direct.data_vars:
+        np.testing.assert_array_equal(ds[v].values, direct[v].values)
+    assert "updated" in capsys.readouterr().out
+    calls = world.getinfo_calls
+    assert main(argv) == 0  # nothing new to fetch or add
+    assert world.getinfo_calls == calls
+
+
+def test_cli_sites_failure_leaves_no_store_then_resumes(world, sites, tmp_path, capsys):
+    out = tmp_path / "new.zarr"
+    argv = ["-q", "acquire", "sites", "--out", str(out), "--start", START, "--end", END, "--workers", "1",
+            "--site", "AT-Neu", "--features", "minimal"]
+    world.fail_at = {2: EEException("Image.select: Pattern 'x' did not match any bands.")}
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert "AT-Neu" in err and "nothing was merged" in err
+    assert not out.exists()
+    assert main(argv) == 0
+    assert store.open_store(out).sizes["site"] == 1
+    assert (tmp_path / "new.zarr.ee-cache" / "modis" / "AT-Neu").is_dir()
+
+
+def test_cli_without_credentials(world, tmp_path, capsys):
+    world.credentials = False
+    rc = main(["-q", "acquire", "sites", "--out", str(tmp_path / "s.zarr"), "--site", "AT-Neu", "--start", START, "--end", END])
+    assert rc == 1
+    assert "earthengine authenticate" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- grids
+
+
+def _recipe(**grid):
+    return parse_recipe({
+        "name": "ee-test",
+        "drivers": {"source": "earthengine", "feature_set": "minimal", "project": "rec-proj"},
+        "grid": {"resolution": 0.5, "region": [5, 45, 7, 46.5], **grid},
+        "period": {"start": "2003-12-25", "end": "2004-02-16"},
+        "runs": ["runs/x"], "output": "out", "chunks": {"lat": 2, "lon": 3},
+    })
+
+
+class _NoCompute:
+    def __call__(self, dsk, keys, **kw):
+        raise AssertionError("the grid must stay lazy: something computed")
+
+
+@pytest.fixture
+def fake_xee(world, monkeypatch):
+    monkeypatch.setattr(xr, "open_dataset", fake_ee.fake_open_dataset(world))
+    return world
+
+
+def test_open_grid_layout_names_units_and_laziness(fake_xee):
+    recipe = _recipe()
+    with dask.config.set(scheduler=_NoCompute()):
+        ds = E.open_grid(recipe, chunks={"time": 10})
+    assert dict(ds.sizes) == {"time": 54, "lat": 3, "lon": 4}
+    assert tuple(ds[v].dims for v in ds.data_vars) == (("time", "lat", "lon"),) * len(ds.data_vars)
+    np.testing.assert_array_equal(ds.lat.values, recipe.grid.lat)
+    np.testing.assert_array_equal(ds.lon.values, recipe.grid.lon)
+    assert ds.lat.attrs["units"] == "degrees_north" and ds.lon.attrs["standard_name"] == "longitude"
+    assert set(ds.data_vars) == set(catalog.features("minimal"))
+    for v in ds.data_vars:
+        assert ds[v].dtype == np.float32 and isinstance(ds[v].data, dask.array.Array)
+        assert ds[v].attrs["units"] == catalog.variable(v)["units"]
+        assert "scale_factor" not in ds[v].encoding
+    assert ds.chunks["time"][0] == 10 and ds.chunks["lat"][0] == 2 and ds.chunks["lon"][0] == 3
+    assert fake_xee.initialized_with == ["rec-proj"]
+
+
+def test_open_grid_requests_and_values(fake_xee):
+    recipe = _recipe()
+    ds = E.open_grid(recipe).compute()
+    transform = (0.5, 0.0, 5.0, 0.0, -0.5, 46.5)
+    opens = [c for c in fake_xee.calls if c[0] == "open_dataset"]
+    assert len(opens) == 4  # two sources x two calendar years
+    for _, what, kw in opens:
+        assert kw["crs"] == "EPSG:4326" and kw["crs_transform"] == transform and kw["shape_2d"] == (4, 3)
+        assert kw["io_chunks"] == {"index": 32, "width": 3, "height": 2}
+    assert sorted((w["collection"], w["start"], w["end"]) for _, w, _ in opens) == sorted(
+        (c, a, b) for c in (MODIS_ID, ERA5_ID) for a, b in [("2003-12-25", "2004-01-01"), ("2004-01-01", "2004-02-17")]
+    )
+    ops = [c for c in fake_xee.calls if c[0] == "image_ops"]
+    assert len(ops) == 2 * 54 - 1  # one MODIS day is missing
+    for _, _, seq in ops:
+        names = [o[0] for o in seq]
+        rr, rp = seq[names.index("reduceResolution")], seq[names.index("reproject")]
+        assert rr == ("reduceResolution", "mean", True, 65535)
+        assert rp == ("reproject", "EPSG:4326", transform, None)
+        assert names.index("reduceResolution") < names.index("reproject")
+    # values: the fake grid in xee's north-up order, flipped to ascending lat, masked and scaled
+    ctx = fake_ee.grid_ctx(transform, (4, 3))
+    np.testing.assert_allclose(ctx.lat[::-1, 0], ds.lat.values)
+    for day in pd.to_datetime(["2003-12-25", "2004-01-01", "2004-02-16"]):
+        for b, scale, fill in [("sur_refl_b02", 1e-4, REFL_FILL), ("SolarAzimuth", 0.01, ANGLE_FILL)]:
+            raw = fake_xee.pixels(MODIS_ID, b, day, ctx)[0][::-1]
+            exp = np.where(raw == fill, np.nan, raw * scale)
+            np.testing.assert_allclose(ds[b].sel(time=day).values, exp, rtol=1e-6)
+        state = fake_xee.pixels(MODIS_ID, "state_1km", day, ctx)[0][::-1]
+        np.testing.assert_array_equal(ds.clouds.sel(time=day).values, np.isin(state, CLOUDY_STATES).astype(np.float32))
+        t2m = fake_xee.pixels(ERA5_ID, "temperature_2m", day, ctx)[0][::-1]
+        np.testing.assert_allclose(ds.temperature_2m.sel(time=day).values, t2m, rtol=1e-6)
+    assert bool(ds.sur_refl_b01.sel(time="2004-02-14").isnull().all())
+    assert bool(ds.temperature_2m.sel(time="2004-02-14").notnull().all())
+
+
+def test_open_grid_rejects_other_sources_and_huge_chunks(fake_xee):
+    with pytest.raises(ValueError, match="not 'earthengine'"):
+        E.open_grid(_recipe().replace(drivers=_recipe().drivers.__class__(source="twin")))
+    with pytest.raises(ValueError, match="per-request limit"):
+        E.open_drivers(np.arange(2000) * 0.1, np.arange(2000) * 0.1, "2004-01-01", "2004-01-02", chunks={"time": 400, "lat": 2000, "lon": 2000})
+    with pytest.raises(ValueError, match="regular"):
+        E.grid_transform([0.0, 0.5, 1.5], [0.0, 0.5])
+
+
+def test_cli_grid_saves_zarr(fake_xee, tmp_path, capsys):
+    import yaml
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump({
+        "name": "ee-cli", "drivers": {"source": "earthengine", "feature_set": "minimal"},
+        "grid": {"resolution": 1.0, "region": [10, 40, 12, 43]},
+        "period": {"start": "2004-06-01", "end": "2004-06-10"}, "runs": ["runs/x"], "output": "o",
+    }))
+    out = tmp_path / "grid.zarr"
+    assert main(["-q", "acquire", "grid", str(recipe), "--zarr", str(out), "--project", "p"]) == 0
+    assert "ee-cli" in capsys.readouterr().out
+    saved = xr.open_zarr(out)
+    assert dict(saved.sizes) == {"time": 10, "lat": 3, "lon": 2}
+    np.testing.assert_array_equal(saved.lat.values, [40.5, 41.5, 42.5])
+    assert saved.sur_refl_b01.attrs["units"] == "1" and saved.temperature_2m.attrs["units"] == "K"
+    assert float(saved.sur_refl_b03.max()) < 1
+    assert main(["-q", "acquire", "grid", str(recipe), "--zarr", str(out)]) == 2  # exists, no --overwrite
+
+
+# --------------------------------------------------------------------------- live
+
+
+@pytest.mark.network
+def test_live_earth_engine_one_site_one_week(tmp_path):
+    pytest.importorskip("ee")
+    try:
+        E.initialize()
+    except E.EarthEngineError as e:
+        pytest.skip(f"no Earth Engine credentials: {e}")
+    s = catalog.sites()
+    ds = E.acquire_sites(s[s.site == "US-Ha1"], "2010-07-01", "2010-07-07", cache_dir=tmp_path, progress=False)
+    schema.validate(ds)
+    assert 270 < float(ds.temperature_2m.mean()) < 310
+    refl = ds.sur_refl_b02.values
+    assert np.nanmin(refl) > -0.01 and np.nanmax(refl) < 1.0
+    assert 0 <= float(ds.clouds.min()) <= float(ds.clouds.max()) <= 1
