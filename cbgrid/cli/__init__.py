@@ -12,7 +12,7 @@ import importlib
 import logging
 import sys
 
-_GROUPS = ("store",)
+_GROUPS = ("store", "acquire")
 
 log = logging.getLogger("cbgrid")
 
