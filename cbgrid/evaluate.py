@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 MIN_QC_DAYS = 30
 #: Quantiles reported across sites (the published format: median with 25th and 75th).
 QUANTILES = (0.25, 0.5, 0.75)
+QC_RULE_TEXT = f"days with {QC} == 1"
 #: Short target names used in tables and plots.
 TARGET_LABELS = {schema.GPP: "GPP", schema.RECO: "RECO", schema.NEE: "NEE"}
 #: Official split names -> the ``split_type`` of the published scores.
@@ -83,14 +84,15 @@ def _site_mean(observed: xr.DataArray, dim: str) -> xr.DataArray:
 
 
 def _constant(observed: xr.DataArray, dim: str) -> xr.DataArray:
+    """True where the scored series is constant (or empty): no variance to explain."""
     # Exact test: a two-pass sum of squares of a constant series need not round to 0.
-    return observed.max(dim) == observed.min(dim)
+    return (observed.max(dim) == observed.min(dim)) | (observed.count(dim) == 0)
 
 
 def _zero_mean(observed: xr.DataArray, dim: str) -> xr.DataArray:
     # |mean| within the rounding error of summing n values (n·eps·mean|y|) counts as zero.
     n = observed.count(dim)
-    return np.abs(_site_mean(observed, dim)) <= n * np.finfo(np.float64).eps * np.abs(observed).mean(dim)
+    return np.abs(_site_mean(observed, dim)) <= n * np.finfo(np.float64).eps * _site_mean(np.abs(observed), dim)
 
 
 @dataclass(frozen=True)
@@ -218,6 +220,8 @@ def evaluate(
     ``status`` (site, target: bit flags saying why a score is NaN), the site coordinates
     ``lat``, ``lon``, ``igbp``, ``koppen`` (class names) and the run's attributes.
     """
+    if int(min_days) < 1:
+        raise ValueError(f"min_days must be at least 1, got {min_days}")
     pred = _prediction_array(predictions)
     test, split_name = _test_sites(split)
     if not test:

@@ -147,7 +147,7 @@ def test_lazy_store_gives_the_same_scores():
     store = make_store(seed=9)
     pred = make_predictions(store, seed=10)
     eager = ev.evaluate(pred, store, all_test(store))
-    lazy = ev.evaluate(pred.chunk({"site": 3}), store.chunk({"site": 4, "time": 100}), all_test(store))
+    lazy = ev.evaluate(pred.chunk({"site": 5}), store.chunk({"site": 5, "time": 150}), all_test(store))
     xr.testing.assert_allclose(eager, lazy)
 
 
@@ -237,3 +237,117 @@ def test_package_level_call_survives_module_import():
     scores = cbgrid.evaluate(make_predictions(store), store, all_test(store))
     assert scores["score"].dims == ("metric", "site", "target")
     assert set(scores.coords) >= {"igbp", "koppen", "lat", "lon"}
+
+
+def test_metric_code_imports_no_plotting_library():
+    import subprocess
+    import sys
+
+    code = "import sys, cbgrid.evaluate, cbgrid.cli.evaluate; print('matplotlib' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+# --------------------------------------------------------------------------------------------
+# `cbgrid evaluate` end to end, on a synthetic-twin store
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def twin_runs(tmp_path_factory):
+    """A twin store, its official-IGBP split, and three run directories: two seeds of 'toy'
+    (small errors) and one run of 'rough' (large errors)."""
+    import yaml
+
+    from cbgrid import splits, store
+    from cbgrid.sources import twin
+
+    root = tmp_path_factory.mktemp("eval")
+    store.write_store(twin.twin_store(n_sites=40, start="2010-01-01", end="2011-06-30", seed=0), root / "twin.zarr", progress=False)
+    ds = store.open_store(root / "twin.zarr")
+    split = splits.make_split(ds, by="official-igbp")
+    splits.write_split(split, root / "split.csv")
+    obs = ds[list(TARGETS)].to_dataarray("target").transpose("site", "time", "target").load()
+    runs = []
+    for model, noise, seed in (("toy", 0.8, 0), ("toy", 0.8, 1), ("rough", 2.5, 0)):
+        rng = np.random.default_rng([seed, int(noise * 10)])
+        p = obs.fillna(obs.mean("time")) + rng.normal(0, noise, obs.shape)
+        p = p.drop_vars([c for c in p.coords if c not in ("site", "time", "target")]).astype(np.float32)
+        pred = xr.Dataset({"prediction": p}, attrs=dict(model=model, split="official-igbp", feature_set="minimal", seeds=str(seed), run=f"{model}-{seed}"))
+        pred["prediction"].attrs["units"] = schema.TARGET_UNITS
+        d = root / f"{model}-{seed}"
+        d.mkdir()
+        pred.to_netcdf(d / "predictions.nc")
+        (d / "config.yaml").write_text(yaml.safe_dump({"model": model, "data": {"store": "../twin.zarr", "split": "../split.csv"}}))
+        runs.append(d)
+    return root, runs, split
+
+
+def test_cli_report_end_to_end(twin_runs, capsys):
+    from cbgrid.cli import main
+
+    root, runs, split = twin_runs
+    out = root / "report"
+    assert main(["evaluate", *map(str, runs), "--out", str(out), "--no-plots"]) == 0
+    printed = capsys.readouterr().out
+    assert "toy" in printed and "XGBoost [published]" in printed
+    for name in ("scores.nc", "scores.csv", "summary.csv", "summary.md", "breakdown_igbp.csv", "breakdown_koppen.md",
+                 "ranking.csv", "seed_spread.csv", "published_site_scores.csv", "per_site_vs_published.csv",
+                 "excluded_sites.csv", "report.md"):
+        assert (out / name).stat().st_size > 0, name
+    scores = xr.open_dataset(out / "scores.nc")
+    assert scores["score"].dims == ("experiment", "metric", "site", "target")
+    assert dict(zip(scores["model"].values, scores["ensemble_size"].values)) == {"rough": 1, "toy": 2}
+    assert "score_seed_std" in scores
+    test = set(split.loc[split["set"] == "test", "site"])
+    assert set(scores["site"].values) == test
+
+    # The ensemble of two seeds is what is scored: recompute it independently.
+    from cbgrid.store import open_store
+
+    store = open_store(root / "twin.zarr")
+    preds = [xr.open_dataset(r / "predictions.nc") for r in runs[:2]]
+    direct = ev.evaluate(ev.ensemble(preds), store, split)
+    xr.testing.assert_allclose(scores["score"].sel(experiment="toy/official-igbp/minimal").drop_vars(
+        ["experiment", "model", "split", "feature_set", "ensemble_size"]), direct["score"])
+
+    summary = pd.read_csv(out / "summary.csv")
+    mine = summary[(summary.source == "this report") & (summary.model == "toy")]
+    pub = summary[(summary.source == "published") & (summary.model == "lstm")]
+    assert set(mine.n_sites) == set(pub.n_sites)  # the baselines are on the same sites
+    rank = pd.read_csv(out / "ranking.csv")
+    assert rank.groupby("target")["model"].first().eq("toy").all()
+    side = pd.read_csv(out / "per_site_vs_published.csv")
+    assert {"toy", "rough", "XGBoost", "tam-rl"} <= set(side.columns)
+    report = (out / "report.md").read_text()
+    assert "of the 96 official test sites" in report and "fewer than 30 QC = 1 days" in report
+
+
+def test_cli_needs_store_and_split_when_the_run_does_not_say(twin_runs, tmp_path, capsys):
+    from cbgrid.cli import main
+
+    root, runs, _ = twin_runs
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    (bare / "predictions.nc").write_bytes((runs[2] / "predictions.nc").read_bytes())
+    assert main(["evaluate", str(bare), "--out", str(tmp_path / "r"), "--no-plots"]) == 2
+    assert "pass --store" in capsys.readouterr().err
+    args = ["evaluate", str(bare), "--out", str(tmp_path / "r"), "--no-plots",
+            "--store", str(root / "twin.zarr"), "--split", str(root / "split.csv"), "--min-days", "200"]
+    assert main(args) == 0
+    excluded = pd.read_csv(tmp_path / "r" / "excluded_sites.csv")
+    assert (excluded["reason"] == "too_few_qc_days").any()
+
+
+@pytest.mark.slow
+def test_cli_report_with_plots(twin_runs):
+    from cbgrid.cli import main
+
+    root, runs, _ = twin_runs
+    out = root / "report-plots"
+    assert main(["evaluate", *map(str, runs), "--out", str(out)]) == 0
+    pngs = sorted(p.name for p in out.glob("*.png"))
+    for kind in ("distribution_GPP", "heatmap_igbp_NEE", "heatmap_koppen_RECO", "map_R2_GPP"):
+        assert f"{kind}.png" in pngs
+    assert sum(p.startswith("timeseries_toy") for p in pngs) >= 1
+    assert all((out / p).stat().st_size > 20_000 for p in pngs)

@@ -12,7 +12,7 @@ import importlib
 import logging
 import sys
 
-_GROUPS = ("store", "acquire")
+_GROUPS = ("store", "acquire", "evaluate")
 
 log = logging.getLogger("cbgrid")
 
