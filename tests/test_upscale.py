@@ -1,0 +1,201 @@
+"""Gridded inference: chunking, spin-up, ensemble spread, masks, distributed, the whole recipe."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import xarray as xr
+
+from cbgrid import product, schema, upscale
+from cbgrid.recipe import Grid, parse_recipe
+
+
+class LightResponse:
+    """A stand-in trained run with the Run.predict contract: a light/temperature response.
+
+    ``window`` > 0 makes it temporal: each day's flux uses the mean temperature of the
+    ``window`` days ending that day and is NaN until that much history exists.
+    """
+
+    def __init__(self, scale: float = 1.0, window: int = 0, spread: float = 0.1):
+        self.scale, self.window, self.spread = scale, window, spread
+        self.kind = "temporal" if window else "static"
+        self.config = {"window": window} if window else {}
+        self.seen_days: list = []
+
+    def predict(self, ds: xr.Dataset) -> xr.Dataset:
+        self.seen_days.append((ds.indexes["time"][0], ds.indexes["time"][-1]))
+        t = ds["temperature_2m"] - 273.15
+        if self.window:
+            t = t.rolling(time=self.window, min_periods=self.window).mean()
+        rad = ds["surface_solar_radiation_downwards_sum"] / 1e6
+        gpp = (self.scale * 0.3 * rad * np.exp(-(((t - 20) / 12) ** 2))).clip(0)
+        reco = 1.0 + 0.3 * gpp + 0.05 * t.clip(0) + 0.01 * ds["igbp"]
+        nee = reco - gpp + 0.05
+        pred = xr.concat([gpp, reco, nee], pd.Index(list(schema.TARGETS), name="target"))
+        pred = pred.transpose("site", "time", "target").astype(np.float32)
+        return xr.Dataset({"prediction": pred, "prediction_std": (self.spread * abs(pred)).astype(np.float32)})
+
+
+def _context(g: Grid) -> xr.Dataset:
+    """A deterministic stand-in for the raster context: ocean band, ice cap, land elsewhere."""
+    lat, lon = g.lat, g.lon
+    la = np.broadcast_to(lat[:, None], (lat.size, lon.size))
+    lo = np.broadcast_to(lon[None, :], (lat.size, lon.size))
+    igbp = np.where(np.abs(lo) < 40, 0, np.where(la < -60, 15, 1 + (np.abs(la).astype(int) // 10) % 14)).astype(np.int16)
+    koppen = np.where(igbp == 0, 0, 1 + (np.abs(la).astype(int) // 20) % 5).astype(np.int16)
+    return xr.Dataset(
+        {
+            "igbp": (("lat", "lon"), igbp),
+            "koppen": (("lat", "lon"), koppen),
+            "land_fraction": (("lat", "lon"), (igbp != 0).astype(np.float32)),
+            "cell_area": (("lat", "lon"), product.cell_area(lat, lon)),
+            "modelled": (("lat", "lon"), (igbp != 0) & (igbp != 15)),
+        },
+        coords={"lat": lat, "lon": lon},
+    )
+
+
+def _recipe(tmp_path, res=10.0, chunks=None, start="2020-07-01", end="2020-07-06", per="month"):
+    return parse_recipe({
+        "name": "test", "drivers": {"source": "twin", "seed": 1}, "grid": {"resolution": res},
+        "period": {"start": start, "end": end, "per": per}, "runs": ["unused"],
+        "output": str(tmp_path / "out"), "chunks": chunks or {"lat": 7, "lon": 11},
+    })
+
+
+@pytest.fixture(scope="module")
+def grid10():
+    g = Grid(10.0)
+    ctx = _context(g)
+    days = pd.date_range("2020-06-26", "2020-07-06")
+    from cbgrid.sources.twin import twin_grid
+
+    drivers = twin_grid(g.lat, g.lon, days, 1, igbp=ctx["igbp"].values, koppen=ctx["koppen"].values,
+                        with_truth=False, chunks={"lat": 7, "lon": 11}).persist()
+    return g, ctx, drivers, days
+
+
+def test_predictions_do_not_depend_on_the_chunking(grid10):
+    g, ctx, drivers, days = grid10
+    out = days[-6:]
+    runs = [LightResponse(1.0, window=5), LightResponse(1.2)]
+    a = upscale.predict_blocks(drivers, runs, ctx, out, chunks={"lat": 5, "lon": 7}).compute()
+    b = upscale.predict_blocks(drivers, runs, ctx, out, chunks={"lat": 18, "lon": 36}).compute()
+    assert a.shape == (len(upscale.CHANNELS), 6, 18, 36)
+    np.testing.assert_array_equal(a, b)
+    modelled = ctx["modelled"].values
+    assert np.isfinite(a[:, :, modelled]).all()  # spin-up covers the 5-day window on day 1
+    assert np.isnan(a[:, :, ~modelled]).all()  # ocean and ice are never predicted
+
+
+def test_temporal_runs_get_their_history(grid10):
+    g, ctx, drivers, days = grid10
+    run = LightResponse(window=5)
+    assert upscale.history_days(run) == 5 and upscale.history_days(LightResponse()) == 0
+    out = days[-3:]
+    upscale.predict_blocks(drivers, [run], ctx, out, chunks={"lat": 18, "lon": 36}).compute()
+    assert run.seen_days == [(days[0], days[-1])]
+
+
+def test_ensemble_spread_is_the_spread_of_all_members():
+    rng = np.random.default_rng(0)
+    members = [rng.normal(size=(3, 50)) for _ in range(6)]  # 2 runs x 3 seeds
+    runs = [members[:3], members[3:]]
+    means = [np.mean(r, axis=0) for r in runs]
+    sds = [np.std(r, axis=0) for r in runs]
+    m, s = upscale.combine_members(means, sds)
+    np.testing.assert_allclose(m, np.mean(members, axis=0))
+    np.testing.assert_allclose(s, np.std(members, axis=0))
+
+
+def test_upscale_writes_products_scores_and_respects_the_balance(tmp_path):
+    g = Grid(10.0)
+    recipe = _recipe(tmp_path, start="2020-06-29", end="2020-07-02")  # two months -> two files
+    scores = pd.DataFrame({
+        "split": "koppen", "model": "m", "feature_set": "minimal",
+        "target": np.repeat(list(schema.TARGETS), 4), "site": list("abcd") * 3,
+        "R2": np.linspace(0, 1, 12), "RMSE": np.linspace(1, 2, 12), "nMAE": np.linspace(0.1, 0.5, 12),
+    })
+    res = upscale.upscale(recipe, runs=[LightResponse(window=3), LightResponse(1.3)], scores=scores,
+                          split="koppen (seed 0)", context=_context(g), quicklook=False, progress=False)
+    assert [p.name for p in res["products"]] == ["test_2020-06.nc", "test_2020-07.nc"]
+    for p in res["products"]:
+        assert product.check_product(p) == []
+    ds = product.open_product(res["products"][1])
+    assert ds.sizes["time"] == 2 and ds.attrs["zero_shot_split"] == "koppen (seed 0)"
+    assert ds.attrs["zero_shot_GPP_R2_median"] == pytest.approx(np.median(np.linspace(0, 1, 12)[:4]))
+    assert ds.attrs["nee_model_head_mean_abs_difference"] == pytest.approx(0.05, abs=1e-4)
+    assert float(ds["GPP_sd"].mean()) > 0
+    table = pd.read_csv(res["scores"])
+    assert set(table["metric"]) == {"R2", "RMSE", "nMAE"} and {"p25", "p50", "p75"} <= set(table.columns)
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["test_2020-06.nc", "test_2020-07.nc", "test_scores.csv"]
+
+
+def test_distributed_client_gives_the_same_product(tmp_path, grid10):
+    distributed = pytest.importorskip("distributed")
+    import cloudpickle
+
+    g, ctx, drivers, days = grid10
+    runs = [LightResponse(window=2)]
+    blocks = upscale.predict_blocks(drivers, runs, ctx, days[-4:], chunks={"lat": 9, "lon": 12})
+    cloudpickle.dumps(dict(blocks.__dask_graph__()))  # every task ships to a worker process
+    recipe = _recipe(tmp_path, start="2020-07-01", end="2020-07-04")
+    local = upscale.upscale(recipe, runs=runs, scores=None, context=ctx, quicklook=False, progress=False)
+    a = product.open_product(local["products"][0]).load()
+    recipe2 = recipe.replace(output=tmp_path / "out2")
+    with distributed.Client(processes=False, n_workers=1, threads_per_worker=2, dashboard_address=None) as client:
+        remote = upscale.upscale(recipe2, runs=runs, scores=None, context=ctx, scheduler=client,
+                                 quicklook=False, progress=False)
+    b = product.open_product(remote["products"][0]).load()
+    for v in ("GPP", "RECO", "NEE", "NEE_sd"):
+        np.testing.assert_array_equal(a[v].values, b[v].values)
+
+
+def test_compare_with_truth(tmp_path, grid10):
+    g, ctx, drivers, days = grid10
+    recipe = _recipe(tmp_path, start="2020-07-01", end="2020-07-04")
+    res = upscale.upscale(recipe, runs=[LightResponse()], scores=None, context=ctx, quicklook=False, progress=False)
+    prod = product.open_product(res["products"][0]).load()
+    perfect = upscale.compare_with_truth(prod, prod[["GPP", "RECO", "NEE"]])
+    assert np.allclose(perfect[["R2", "R2_mean_map"]], 1.0) and np.allclose(perfect["bias"], 0.0)
+    shifted = prod[["GPP", "RECO", "NEE"]] + 1.0
+    table = upscale.compare_with_truth(res["products"][0], shifted)
+    assert list(table["variable"]) == ["GPP", "RECO", "NEE"]
+    np.testing.assert_allclose(table["bias"], -1.0, atol=1e-5)
+    assert (table["cell_days"] == int(ctx["modelled"].sum()) * 4).all()
+
+
+def test_missing_driver_is_named(grid10):
+    g, ctx, drivers, days = grid10
+
+    run = LightResponse()
+    run.config = {"features": ["temperature_2m", "soil_moisture_of_mars"]}
+    with pytest.raises(ValueError, match="soil_moisture_of_mars"):
+        upscale.predict_blocks(drivers, [run], ctx, days[-2:])
+
+
+def test_fill_nearest_gives_coastal_land_a_climate():
+    codes = np.array([[0, 0, 3], [0, 0, 0], [2, 0, 0]], dtype=np.int16)
+    need = np.array([[1, 0, 0], [0, 0, 1], [0, 0, 0]], dtype=bool)
+    out = upscale._fill_nearest(codes, need)
+    assert out[0, 0] == 2 and out[1, 2] == 3 and out[1, 1] == 0
+
+
+@pytest.mark.slow
+def test_grid_context_from_the_real_rasters():
+    g = Grid(5.0)
+    ctx = upscale.grid_context(g.lat, g.lon)
+
+    def at(lat, lon, v):
+        return int(ctx[v].sel(lat=lat, lon=lon, method="nearest"))
+
+    assert at(-2.5, -62.5, "igbp") == 2 and at(-2.5, -62.5, "koppen") == 1  # Amazon: EBF, tropical
+    assert at(22.5, 7.5, "igbp") == 16 and at(22.5, 7.5, "koppen") == 2  # Sahara: barren, arid
+    assert at(-82.5, 2.5, "igbp") == 15 and not ctx["modelled"].sel(lat=-82.5, lon=2.5, method="nearest")
+    assert at(2.5, -152.5, "igbp") == 0 and float(ctx["land_fraction"].sel(lat=2.5, lon=-152.5, method="nearest")) == 0
+    modelled = ctx["modelled"].values
+    assert (ctx["koppen"].values[modelled] >= 1).all()
+    land_area = float((ctx["land_fraction"] * ctx["cell_area"]).sum()) / 1e12
+    assert 130 < land_area < 160  # Earth's land area is ~149 million km2
