@@ -217,3 +217,44 @@ def timeseries(store: xr.Dataset, predictions: xr.Dataset, site: str, scores: xr
     fig.suptitle(f"{site} ({igbp}): observed vs {model}", fontsize=11)
     fig.tight_layout(rect=(0, 0.04, 1, 1))
     return fig
+
+
+# --------------------------------------------------------------------------------------------
+# Product quicklooks (used by cbgrid.upscale)
+# --------------------------------------------------------------------------------------------
+
+
+def quicklook(da: xr.DataArray, path, *, title: str | None = None, cmap: str | None = None) -> Path:
+    """A (lat, lon) map of one product layer as a PNG: filled cells grey, robust colour range.
+
+    Fluxes that change sign (NEE) get a diverging map centred on zero; uncertainty layers and
+    GPP/RECO a sequential one. Returns the PNG path.
+    """
+    plt = _plt()
+    da = da.squeeze()
+    if set(da.dims) != {"lat", "lon"}:
+        raise ValueError(f"quicklook draws (lat, lon) maps; got dims {da.dims}")
+    da = da.transpose("lat", "lon").sortby("lat")
+    vals = np.asarray(da.values, dtype=float)
+    lat, lon = da["lat"].values, da["lon"].values
+    ok = np.isfinite(vals)
+    lo, hi = (np.percentile(vals[ok], [2, 98]) if ok.any() else (0.0, 1.0))
+    diverging = lo < 0 < hi
+    if diverging:
+        lim = max(abs(lo), abs(hi))
+        lo, hi = -lim, lim
+    cmap = cmap or ("RdBu_r" if diverging else "viridis")
+    dy = abs(lat[1] - lat[0]) / 2 if lat.size > 1 else 0.5
+    dx = abs(lon[1] - lon[0]) / 2 if lon.size > 1 else 0.5
+    extent = (lon[0] - dx, lon[-1] + dx, lat[0] - dy, lat[-1] + dy)
+    aspect = (extent[3] - extent[2]) / max(extent[1] - extent[0], 1e-9)
+    fig, ax = plt.subplots(figsize=(10, max(2.5, 10 * aspect) + 0.8), layout="constrained")
+    ax.set_facecolor("0.85")
+    im = ax.imshow(np.where(ok, vals, np.nan), origin="lower", extent=extent, cmap=cmap, vmin=lo, vmax=hi,
+                   interpolation="nearest")
+    ax.set_xlabel("longitude (°E)")
+    ax.set_ylabel("latitude (°N)")
+    units = da.attrs.get("units", "")
+    fig.colorbar(im, ax=ax, shrink=0.85, extend="both", label=f"{da.attrs.get('long_name', da.name)} ({units})")
+    ax.set_title(title or str(da.name), fontsize=10)
+    return save(fig, path)
