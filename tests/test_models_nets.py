@@ -24,7 +24,8 @@ def one_thread():
 
 def build(name: str, seed: int = 0, **kw) -> torch.nn.Module:
     torch.manual_seed(seed)
-    return NETWORKS[name](N_FEATURES, N_STATIC, N_ONEHOT, **{"window": WINDOW, "horizon": HORIZON, **SMALL, **kw})
+    kw = {"window": WINDOW, "horizon": HORIZON, **SMALL, **kw}
+    return NETWORKS[name](N_FEATURES, N_STATIC, N_ONEHOT, **kw)
 
 
 def make_batch(net: torch.nn.Module, n: int = 8, seed: int = 1) -> dict[str, torch.Tensor]:
@@ -46,13 +47,17 @@ def expected_shape(net: torch.nn.Module, n: int) -> tuple[int, ...]:
     return (n, 3) if net.kind == "static" else (n, HORIZON, 3)
 
 
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("name", sorted(NETWORKS))
-def test_output_shape_and_contract(name):
-    net = build(name)
+def test_output_shape_and_contract(name, device):
+    net = build(name).to(device)
     assert net.kind in ("static", "temporal")
     assert isinstance(net.needs_context, bool)
-    out = net(make_batch(net, n=5))
-    assert out.shape == expected_shape(net, 5)
+    out = net({k: v.to(device) for k, v in make_batch(net, n=5).items()})
+    assert out.shape == expected_shape(net, 5) and out.device.type == device
     assert out.dtype == torch.float32 and torch.isfinite(out).all()
     if net.needs_context:
         assert net.aux_loss.dim() == 0 and torch.isfinite(net.aux_loss)
@@ -106,7 +111,8 @@ def test_tamrl_reconstruction_loss_decreases_on_fixed_context():
     g = torch.Generator().manual_seed(5)
     days = torch.arange(WINDOW, dtype=torch.float32).view(1, 1, WINDOW, 1)
     phase = torch.rand(8, K, 1, N_FEATURES, generator=g) * 6.28
-    batch["ctx"] = torch.sin(days / 5.0 + phase) + 0.05 * torch.randn(8, K, WINDOW, N_FEATURES, generator=g)
+    noise = torch.randn(8, K, WINDOW, N_FEATURES, generator=g)
+    batch["ctx"] = torch.sin(days / 5.0 + phase) + 0.05 * noise
     opt = torch.optim.Adam(net.task.parameters(), lr=3e-2)
     losses = []
     for _ in range(30):
@@ -175,7 +181,8 @@ def test_published_hparams_cover_every_table_row_and_build():
         net = NETWORKS[name](48, 2, 22, **{k: v for k, v in hp.items() if k != "lr"})
         assert n_parameters(net) > 0
     assert PUBLISHED_HPARAMS[("tamrl", "koppen")]["latent"] == 32
-    assert PUBLISHED_HPARAMS[("ctlstm", "koppen")] == dict(hidden=256, dropout=0.3, lr=5e-4, layers=2)
+    ctlstm = dict(hidden=256, dropout=0.3, lr=5e-4, layers=2)
+    assert PUBLISHED_HPARAMS[("ctlstm", "koppen")] == ctlstm
 
 
 @pytest.mark.parametrize("name", sorted(NETWORKS))
@@ -193,8 +200,12 @@ def test_deterministic_on_cpu_for_a_seed(name):
 
 @pytest.mark.parametrize(
     "name,kw,match",
-    [("lstm", dict(horizon=31), "horizon"), ("transformer", dict(hidden=10, nhead=4), "divisible"),
-     ("patch_transformer", dict(patch_len=40), "patch_len"), ("tamrl", dict(encoder_cell="rnn"), "cell")],
+    [
+        ("lstm", dict(horizon=31), "horizon"),
+        ("transformer", dict(hidden=10, nhead=4), "divisible"),
+        ("patch_transformer", dict(patch_len=40), "patch_len"),
+        ("tamrl", dict(encoder_cell="rnn"), "cell"),
+    ],
 )
 def test_bad_configuration_is_refused(name, kw, match):
     with pytest.raises(ValueError, match=match):

@@ -11,10 +11,14 @@ import torch
 from torch import nn
 
 
-def _expect(batch: dict[str, torch.Tensor], key: str, ndim: int, model: str, shape: str) -> torch.Tensor:
+def _expect(
+    batch: dict[str, torch.Tensor], key: str, ndim: int, model: str, shape: str
+) -> torch.Tensor:
     """Fetch ``batch[key]`` and check its rank, naming the expected layout when it is wrong."""
     if key not in batch:
-        raise KeyError(f"{model} needs batch[{key!r}] of shape {shape}; the batch has {sorted(batch)}")
+        raise KeyError(
+            f"{model} needs batch[{key!r}] of shape {shape}; the batch has {sorted(batch)}"
+        )
     t = batch[key]
     if t.dim() != ndim:
         raise ValueError(f"{model}: batch[{key!r}] must be {shape}, got shape {tuple(t.shape)}")

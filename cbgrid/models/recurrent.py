@@ -18,7 +18,9 @@ from cbgrid.models.mlp import _expect
 def check_horizon(window: int, horizon: int) -> None:
     """Refuse a horizon the window cannot hold (targets are the window's last days)."""
     if not 1 <= horizon <= window:
-        raise ValueError(f"horizon must be between 1 and window={window} days, got horizon={horizon}")
+        raise ValueError(
+            f"horizon must be between 1 and window={window} days, got horizon={horizon}"
+        )
 
 
 def per_step_inputs(batch: dict[str, torch.Tensor], with_onehot: bool, model: str) -> torch.Tensor:
@@ -59,9 +61,8 @@ class _RecurrentForecaster(nn.Module):
         n_in = n_features + n_static + (n_onehot if self.onehot_at_each_step else 0)
         # nn.LSTM/GRU only drop out between stacked layers; the output dropout below covers
         # the single-layer case the published tables use.
-        self.encoder = self.rnn(
-            n_in, hidden, num_layers=layers, dropout=dropout if layers > 1 else 0.0, batch_first=True
-        )
+        between = dropout if layers > 1 else 0.0
+        self.encoder = self.rnn(n_in, hidden, num_layers=layers, dropout=between, batch_first=True)
         self.dropout = nn.Dropout(dropout)
         self.head = nn.Linear(hidden, n_targets)
 

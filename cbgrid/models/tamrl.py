@@ -99,7 +99,8 @@ class TAMRL(nn.Module):
         """(B, K, window, n_features) feature windows → (B, latent) site codes (mean over K)."""
         if ctx.dim() != 4:
             raise ValueError(
-                f"TAMRL.site_code needs ctx of shape (B, K, window, n_features), got {tuple(ctx.shape)}"
+                "TAMRL.site_code needs ctx of shape (B, K, window, n_features), "
+                f"got {tuple(ctx.shape)}"
             )
         b, k = ctx.shape[:2]
         return self.task.embed(ctx.flatten(0, 1)).view(b, k, -1).mean(1)
@@ -116,7 +117,8 @@ class TAMRL(nn.Module):
             z = self.task.embed(windows)
             self.aux_loss = self.recon_weight * F.mse_loss(self.task.decode(z, steps), windows)
             code = z.view(b, k, -1).mean(1)
-        gamma, beta = self.film(code).view(code.shape[0], len(self.forecaster), 2, 1, self.hidden).unbind(2)
+        film = self.film(code).view(code.shape[0], len(self.forecaster), 2, 1, self.hidden)
+        gamma, beta = film.unbind(2)  # (B, layers, 1, hidden) each
         states = inputs
         for i, lstm in enumerate(self.forecaster):
             states, _ = lstm(states)

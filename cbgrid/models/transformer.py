@@ -31,7 +31,9 @@ def _encoder(hidden: int, nhead: int, layers: int, dropout: float) -> nn.Transfo
         batch_first=True,
         norm_first=True,
     )
-    return nn.TransformerEncoder(layer, layers, norm=nn.LayerNorm(hidden), enable_nested_tensor=False)
+    return nn.TransformerEncoder(
+        layer, layers, norm=nn.LayerNorm(hidden), enable_nested_tensor=False
+    )
 
 
 class Transformer(nn.Module):
