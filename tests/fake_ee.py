@@ -268,7 +268,7 @@ class Image:
         return self._derive(self.bands, self.fn, ("toFloat",))
 
     def copyProperties(self, source, properties=None):
-        props = {k: source.props[k] for k in (properties or source.props)}
+        props = {k: source.props[k] for k in (properties or source.props) if k in source.props}
         img = Image(self.world, self.bands, self.fn, {**self.props, **props}, self.ops + [("copyProperties", list(props))])
         return img
 
@@ -350,7 +350,8 @@ class ImageCollection:
 
                 names = catalog.era5_bands("full")
             fn = lambda ctx, day=day, names=names: _LazyBands(names, lambda n: world.pixels(cid, n, day, ctx))  # noqa: E731
-            return Image(world, names, fn, {"system:time_start": int(day.value // 10**6)}, [("load", cid)])
+            props = {"system:time_start": int(day.value // 10**6), "system:id": f"{cid}/{day:%Y_%m_%d}"}
+            return Image(world, names, fn, props, [("load", cid)])
 
         return ImageCollection(world, cid, [base(d) for d in days], {"collection": cid, "start": start, "end": end})
 
@@ -369,13 +370,17 @@ class ImageCollection:
             return FeatureCollection(self.world, out, self.what)
         return ImageCollection(self.world, self.id, out, self.what)
 
-    def getInfo(self):
-        self.world.on_getinfo(self.what)
-        assert not self._need_images(), "the fake only serialises empty image collections"
-        return {"type": "ImageCollection", "bands": [], "features": []}
-
 
 # --------------------------------------------------------------------------- module
+
+
+def _cast_features(obj):
+    """``ee.FeatureCollection(x)`` as a cast of a mapped collection (possibly empty)."""
+    if isinstance(obj, FeatureCollection):
+        return obj
+    if isinstance(obj, ImageCollection) and not obj._need_images():
+        return FeatureCollection(obj.world, [], obj.what)
+    raise TypeError(f"the fake ee.FeatureCollection only casts mapped collections, got {type(obj).__name__}")
 
 
 def _cast_image(obj):
@@ -392,6 +397,7 @@ def make_module(world: World) -> types.ModuleType:
     ee.Reducer = Reducer
     ee.Geometry = Geometry
     ee.Feature = Feature
+    ee.FeatureCollection = _cast_features
     ee.Image = _cast_image
     ee.ImageCollection = lambda arg: ImageCollection(world, arg)
     ee.world = world
@@ -423,6 +429,8 @@ def fake_open_dataset(world: World):
         images = ic._need_images()
         for img in images:
             world.log("image_ops", ic.id, tuple(img.ops))
+        for img in images:  # xee reads both with reduceColumns; a computed image lacking them breaks time
+            assert {"system:id", "system:time_start"} <= set(img.props), img.props
         bands = images[0].bands
         times = pd.to_datetime([img.props["system:time_start"] for img in images], unit="ms")
         data = {b: np.empty((len(images),) + ctx.shape, dtype=np.float32) for b in bands}

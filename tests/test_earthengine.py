@@ -155,6 +155,19 @@ def test_site_dataset_names_units_and_values(world, sites, tmp_path):
     assert bool(gap.temperature_2m.notnull().all())
 
 
+def test_days_before_modis_are_nan_and_cached(world, sites, tmp_path):
+    ds = E.acquire_sites(sites.iloc[:1], "1999-12-30", "2000-02-26", cache_dir=tmp_path, progress=False)
+    modis = ds.sur_refl_b01.isel(site=0).to_series()
+    assert modis[:"2000-02-23"].isna().all() and modis["2000-02-24":].notna().all()
+    assert bool(ds.temperature_2m.notnull().all())
+    empty = tmp_path / "modis" / sites.site[0] / "1999-12-30_1999-12-31.csv"
+    assert empty.exists()
+    assert len(pd.read_csv(empty)) == 0  # an empty answer is a result, cached like any other
+    calls = world.getinfo_calls
+    E.acquire_sites(sites.iloc[:1], "1999-12-30", "2000-02-26", cache_dir=tmp_path, progress=False)
+    assert world.getinfo_calls == calls
+
+
 def test_cloud_state_bits_decoding(world):
     """Only bits 0-1 == 01 counts as cloudy: mixed (10), not set (11) and higher bits do not."""
     ee = sys.modules["ee"]
@@ -281,6 +294,19 @@ def test_cli_sites_creates_then_merges_into_a_store(world, sites, tmp_path, caps
     assert world.getinfo_calls == calls
 
 
+def test_merge_keeps_or_replaces_features_only_for_the_acquired_sites(sites, tmp_path):
+    days = pd.date_range("2004-01-01", periods=5)
+    path = tmp_path / "s.zarr"
+    first = {"temperature_2m": np.ones((3, 5)), schema.GPP: np.zeros((3, 5))}
+    store.write_store(schema.site_dataset(first, sites, days), path, progress=False)
+    again = schema.site_dataset({"temperature_2m": np.full((1, 5), 2.0)}, sites.iloc[1:2], days)
+    r = E.merge_into_store(again, path)
+    assert r["sites_added"] == 0 and r["variables_added"] == []
+    assert float(store.open_store(path).temperature_2m.sum()) == 15
+    E.merge_into_store(again, path, overwrite=True)
+    np.testing.assert_array_equal(store.open_store(path).temperature_2m.values[:, 0], [1, 2, 1])
+
+
 def test_cli_sites_failure_leaves_no_store_then_resumes(world, sites, tmp_path, capsys):
     out = tmp_path / "new.zarr"
     argv = ["-q", "acquire", "sites", "--out", str(out), "--start", START, "--end", END, "--workers", "1",
@@ -387,6 +413,12 @@ def test_open_grid_rejects_other_sources_and_huge_chunks(fake_xee):
         E.open_drivers(np.arange(2000) * 0.1, np.arange(2000) * 0.1, "2004-01-01", "2004-01-02", chunks={"time": 400, "lat": 2000, "lon": 2000})
     with pytest.raises(ValueError, match="regular"):
         E.grid_transform([0.0, 0.5, 1.5], [0.0, 0.5])
+
+
+def test_grid_without_image_times_is_an_error():
+    ds = xr.Dataset({"clouds": (("time", "y", "x"), np.zeros((2, 1, 1)))}, coords={"time": [0, 1], "y": [0.5], "x": [0.5]})
+    with pytest.raises(E.EarthEngineError, match="system:time_start"):
+        E.normalise_grid(ds, [0.5], [0.5], "2004-01-01", "2004-01-02")
 
 
 def test_cli_grid_saves_zarr(fake_xee, tmp_path, capsys):

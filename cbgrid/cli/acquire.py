@@ -84,7 +84,7 @@ def cmd_sites(args) -> int:
         )
     except ee_src.EarthEngineError as e:
         return _fail(args, e)
-    result = ee_src.merge_into_store(ds, args.out, overwrite=args.overwrite)
+    result = ee_src.merge_into_store(ds, args.out, overwrite=args.overwrite, progress=progress)
     merged = store.open_store(args.out)
     print(
         f"store      {args.out} ({'created' if result['created'] else 'updated'})\n"

@@ -58,6 +58,9 @@ ERA5_LAND_SCALE_M = 11131.949079327358
 #: Half side of the MODIS averaging window around the tower (2 km × 2 km).
 WINDOW_HALF_M = 1000.0
 
+#: Image properties computed images must keep: xee reads both to build the time axis.
+KEEP_PROPERTIES = ("system:id", "system:time_start")
+
 PROJECT_ENV = ("EARTHENGINE_PROJECT", "GOOGLE_CLOUD_PROJECT")
 
 _AUTH_HELP = (
@@ -207,7 +210,7 @@ def modis_image(img):
     ang = ang.updateMask(ang.gte(ANGLE_VALID[0]).And(ang.lte(ANGLE_VALID[1])))
     clouds = img.select(CLOUD_STATE_BAND).bitwiseAnd(CLOUD_STATE_MASK).eq(CLOUD_STATE_CLOUDY).rename("clouds")
     out = refl.addBands(ang).addBands(clouds).toFloat()
-    return ee.Image(out.copyProperties(img, ["system:time_start"]))
+    return ee.Image(out.copyProperties(img, list(KEEP_PROPERTIES)))
 
 
 def source_collection(source: str, start, end, feature_set: str = "minimal"):
@@ -255,7 +258,7 @@ def site_series(source: str, lat: float, lon: float, start, end, feature_set: st
         stats = img.reduceRegion(reducer=ee.Reducer.mean(), geometry=geometry, scale=scale)
         return ee.Feature(None, stats).set("date", img.date().format("YYYY-MM-dd"))
 
-    return source_collection(source, start, end, feature_set).map(reduce)
+    return ee.FeatureCollection(source_collection(source, start, end, feature_set).map(reduce))
 
 
 def features_to_frame(info: dict, names: Sequence[str]) -> pd.DataFrame:
@@ -439,7 +442,7 @@ def assemble_sites(sites: pd.DataFrame, start, end, *, feature_set: str = "minim
     return ds
 
 
-def merge_into_store(ds: xr.Dataset, path, *, overwrite: bool = False) -> dict:
+def merge_into_store(ds: xr.Dataset, path, *, overwrite: bool = False, progress: bool = True) -> dict:
     """Write ``ds`` as a new store, or merge it into an existing one.
 
     Existing store: variables it lacks are added for its sites, then sites it lacks are
@@ -450,7 +453,7 @@ def merge_into_store(ds: xr.Dataset, path, *, overwrite: bool = False) -> dict:
 
     path = Path(path)
     if not path.exists():
-        store.write_store(ds, path)
+        store.write_store(ds, path, progress=progress)
         return {"created": True, "sites_added": ds.sizes[schema.SITE], "variables_added": list(ds.data_vars)}
     cur = store.open_store(path)
     have = set(cur[schema.SITE].values.tolist())
@@ -516,7 +519,7 @@ def grid_collection(source: str, start, end, *, feature_set: str = "minimal", cr
     def to_grid(img):
         out = img.reduceResolution(reducer=ee.Reducer.mean(), bestEffort=True, maxPixels=MAX_PIXELS_PER_CELL)
         out = out.reproject(crs=crs, crsTransform=list(crs_transform))
-        return ee.Image(out.copyProperties(img, ["system:time_start"]))
+        return ee.Image(out.copyProperties(img, list(KEEP_PROPERTIES)))
 
     return source_collection(source, start, end, feature_set).map(to_grid)
 
@@ -593,6 +596,11 @@ def normalise_grid(ds: xr.Dataset, lat, lon, start, end, *, feature_set: str = "
     Lazy: only coordinates are touched; data stay dask arrays.
     """
     lat, lon = np.asarray(lat, dtype=float), np.asarray(lon, dtype=float)
+    if not np.issubdtype(ds["time"].dtype, np.datetime64):
+        raise EarthEngineError(
+            "xee could not read the images' system:time_start (time came back as an index); "
+            "the collection's images must keep their system:id and system:time_start properties"
+        )
     ds = ds.rename({"y": "lat", "x": "lon"})
     if ds.sizes["lat"] != lat.size or ds.sizes["lon"] != lon.size:
         raise EarthEngineError(f"xee returned a {ds.sizes['lat']} x {ds.sizes['lon']} grid; expected {lat.size} x {lon.size}")
