@@ -1,0 +1,514 @@
+"""From the store to model batches: contiguous arrays, scaling, window index, batch gathering.
+
+The store is read once through dask into contiguous ``(site, time, feature)`` arrays; every
+later step is array indexing. Nothing here loops over samples in Python:
+
+* features are scaled with training-site statistics, then gaps are filled per site by carrying
+  the last observation forward, and what is still missing (before a site's first observation)
+  gets the training mean (0 after scaling) — so a MODIS gap never discards a window;
+* a *day is observed* when GPP, RECO and NEE are all finite; the loss sees only observed days
+  (weight 0 elsewhere);
+* windows of ``window`` days start every ``stride`` days from the first day of the time axis;
+  a window's targets are its last ``horizon`` days, and a window is kept when at least
+  ``min_target_days`` of those days are observed (default 1) — windows whose last ``horizon``
+  days are all missing are excluded, nothing else is;
+* batches are gathered from device tensors by flat index (``index_select``), on the GPU when
+  the tensors live there.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+
+from cbgrid import catalog, schema
+from cbgrid.schema import IGBP_CLASSES, KOPPEN_CLASSES, QC, SITE, TARGETS, TIME
+
+log = logging.getLogger(__name__)
+
+WINDOW, HORIZON, STRIDE = 30, 15, 15
+#: lat, lon (scaled) — the per-site static inputs of every model.
+STATIC = ("lat", "lon")
+#: One-hot IGBP (17 classes) followed by one-hot Köppen main class (5).
+N_ONEHOT = len(IGBP_CLASSES) + len(KOPPEN_CLASSES)
+#: Sites per block when filling features, to bound the temporary index memory.
+_FILL_BLOCK = 64
+
+
+# --------------------------------------------------------------------------------------------
+# Store -> contiguous arrays
+# --------------------------------------------------------------------------------------------
+def feature_variables(ds: xr.Dataset, feature_set: str = "minimal") -> list[str]:
+    """The dynamic input variables of ``feature_set``; raises naming any the store lacks."""
+    names = catalog.features(feature_set)
+    missing = [n for n in names if n not in ds.data_vars]
+    if missing:
+        raise ValueError(
+            f"feature set {feature_set!r} needs {len(missing)} variable(s) the store lacks: "
+            f"{', '.join(missing)}; choose another --feature-set or add them to the store"
+        )
+    return names
+
+
+@dataclass
+class SiteArrays:
+    """Contiguous arrays for a set of sites, physical units, NaN where missing."""
+
+    sites: np.ndarray  # (S,) str
+    time: pd.DatetimeIndex  # (T,)
+    features: list[str]
+    x: np.ndarray  # (S, T, F) float32
+    lat: np.ndarray  # (S,) float64
+    lon: np.ndarray  # (S,)
+    igbp: np.ndarray  # (S,) int codes 0..16
+    koppen: np.ndarray  # (S,) int codes 1..5
+    y: np.ndarray | None = None  # (S, T, 3) float32 GPP, RECO, NEE
+    qc: np.ndarray | None = None  # (S, T) float32
+
+    @property
+    def observed(self) -> np.ndarray:
+        """(S, T) bool: all three targets finite."""
+        if self.y is None:
+            raise ValueError("these arrays were read without targets")
+        return np.isfinite(self.y).all(axis=-1)
+
+    def subset(self, idx) -> SiteArrays:
+        """The arrays of the sites at positions ``idx``."""
+        idx = np.asarray(idx)
+        return SiteArrays(
+            self.sites[idx], self.time, self.features, self.x[idx], self.lat[idx], self.lon[idx],
+            self.igbp[idx], self.koppen[idx],
+            None if self.y is None else self.y[idx], None if self.qc is None else self.qc[idx],
+        )
+
+
+def site_info(ds: xr.Dataset) -> dict[str, np.ndarray]:
+    """lat, lon, igbp, koppen of every site, checked (they are model inputs)."""
+    missing = [c for c in ("lat", "lon", "igbp", "koppen") if c not in ds.coords and c not in ds]
+    if missing:
+        raise ValueError(f"the dataset lacks site coordinate(s) {missing}; predictions need lat, lon, igbp, koppen")
+    return {
+        "lat": np.asarray(ds["lat"].values, np.float64),
+        "lon": np.asarray(ds["lon"].values, np.float64),
+        "igbp": np.asarray(ds["igbp"].values).astype(np.int64),
+        "koppen": np.asarray(ds["koppen"].values).astype(np.int64),
+    }
+
+
+def read_arrays(ds: xr.Dataset, features: list[str], *, targets: bool = True, progress: bool = False) -> SiteArrays:
+    """Read ``features`` (and targets, QC) of every site of ``ds`` into contiguous arrays.
+
+    Works on lazy (dask) and in-memory Datasets alike; with dask, all chunks are read in one
+    parallel ``compute`` and stacked straight into ``(site, time, feature)`` order.
+    """
+    import dask
+    import dask.array as da
+
+    missing = [f for f in features if f not in ds.data_vars]
+    if missing:
+        raise ValueError(f"the dataset lacks feature variable(s) {missing}")
+
+    def arr(name):
+        return da.asarray(ds[name].transpose(SITE, TIME).data)
+
+    parts = {"x": da.stack([arr(f) for f in features], axis=-1).astype(np.float32)}
+    if targets:
+        lacking = [t for t in (*TARGETS, QC) if t not in ds.data_vars]
+        if lacking:
+            raise ValueError(f"the store lacks target variable(s) {lacking}")
+        parts["y"] = da.stack([arr(t) for t in TARGETS], axis=-1).astype(np.float32)
+        parts["qc"] = arr(QC).astype(np.float32)
+    if progress:
+        from tqdm.auto import tqdm
+        from dask.diagnostics import Callback
+
+        class _Bar(Callback):
+            def _start_state(self, dsk, state):
+                self.bar = tqdm(total=sum(len(state[k]) for k in ("ready", "waiting", "running")), desc="reading store", unit="task")
+
+            def _posttask(self, key, result, dsk, state, worker_id):
+                self.bar.update(1)
+
+            def _finish(self, dsk, state, errored):
+                self.bar.close()
+
+        with _Bar():
+            out = dask.compute(parts)[0]
+    else:
+        out = dask.compute(parts)[0]
+    info = site_info(ds)
+    return SiteArrays(
+        sites=np.asarray([str(s) for s in ds[SITE].values], dtype=object),
+        time=pd.DatetimeIndex(ds.indexes[TIME]),
+        features=list(features),
+        x=np.ascontiguousarray(out["x"]),
+        y=np.ascontiguousarray(out["y"]) if targets else None,
+        qc=np.ascontiguousarray(out["qc"]) if targets else None,
+        **info,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Scaling and gap filling
+# --------------------------------------------------------------------------------------------
+@dataclass
+class Scaler:
+    """Per-variable mean/std from the training sites: features, lat/lon, targets."""
+
+    features: list[str]
+    x_mean: np.ndarray
+    x_std: np.ndarray
+    s_mean: np.ndarray
+    s_std: np.ndarray
+    y_mean: np.ndarray
+    y_std: np.ndarray
+
+    @classmethod
+    def fit(cls, a: SiteArrays) -> Scaler:
+        """Statistics over every finite value of the (training) sites in ``a``."""
+        if a.y is None:
+            raise ValueError("fitting a scaler needs the targets")
+        if a.x.shape[0] == 0:
+            raise ValueError("no training sites to fit the scaling statistics on")
+        x_mean, x_std = _nan_mean_std(a.x.reshape(-1, a.x.shape[-1]))
+        obs = a.observed
+        if not obs.any():
+            raise ValueError(f"the {len(a.sites)} training site(s) have no day with GPP, RECO and NEE observed")
+        y_mean, y_std = _nan_mean_std(a.y[obs])
+        s = np.stack([a.lat, a.lon], axis=-1)
+        s_mean, s_std = s.mean(0), s.std(0)
+        nan_feat = [f for f, m in zip(a.features, x_mean) if not np.isfinite(m)]
+        if nan_feat:
+            raise ValueError(f"feature(s) {nan_feat} have no finite value at any training site")
+        return cls(list(a.features), x_mean, _safe(x_std), s_mean, _safe(s_std), y_mean, _safe(y_std))
+
+    def to_dict(self) -> dict:
+        return {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in self.__dict__.items()}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Scaler:
+        return cls(list(d["features"]), *(np.asarray(d[k], np.float64) for k in
+                                            ("x_mean", "x_std", "s_mean", "s_std", "y_mean", "y_std")))
+
+    def static(self, lat, lon) -> np.ndarray:
+        """(S, 2) scaled lat/lon."""
+        return ((np.stack([lat, lon], axis=-1) - self.s_mean) / self.s_std).astype(np.float32)
+
+    def targets(self, y: np.ndarray) -> np.ndarray:
+        return ((y - self.y_mean) / self.y_std).astype(np.float32)
+
+    def unscale_targets(self, y: np.ndarray) -> np.ndarray:
+        return (y * self.y_std + self.y_mean).astype(np.float32)
+
+
+def _nan_mean_std(v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    ok = np.isfinite(v)
+    n = ok.sum(0)
+    z = np.where(ok, v, 0).astype(np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = z.sum(0) / n
+        var = (np.where(ok, v - mean, 0) ** 2).sum(0) / n
+    return np.where(n > 0, mean, np.nan), np.sqrt(var)
+
+
+def _safe(std: np.ndarray) -> np.ndarray:
+    return np.where(np.isfinite(std) & (std > 0), std, 1.0)
+
+
+def forward_fill(x: np.ndarray) -> np.ndarray:
+    """Carry the last finite value forward along axis 1 of (S, T, F), in place; leading NaNs stay."""
+    t = np.arange(x.shape[1], dtype=np.int32)[None, :, None]
+    for i0 in range(0, x.shape[0], _FILL_BLOCK):
+        blk = x[i0:i0 + _FILL_BLOCK]
+        ok = np.isfinite(blk)
+        if ok.all():
+            continue
+        idx = np.where(ok, t, 0)
+        np.maximum.accumulate(idx, axis=1, out=idx)
+        blk[...] = np.take_along_axis(blk, idx, axis=1)
+    return x
+
+
+def model_features(x: np.ndarray, scaler: Scaler) -> np.ndarray:
+    """Raw (S, T, F) features -> scaled, forward-filled, remaining gaps at the training mean (0)."""
+    out = ((x - scaler.x_mean.astype(np.float32)) / scaler.x_std.astype(np.float32)).astype(np.float32)
+    forward_fill(out)
+    np.nan_to_num(out, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
+    return out
+
+
+def onehot(igbp: np.ndarray, koppen: np.ndarray) -> np.ndarray:
+    """(S, 22) float32: one-hot IGBP (codes 0..16) then one-hot Köppen main class (codes 1..5)."""
+    igbp, koppen = np.asarray(igbp, int), np.asarray(koppen, int)
+    out = np.zeros((igbp.size, N_ONEHOT), np.float32)
+    r = np.arange(igbp.size)
+    ok = (igbp >= 0) & (igbp < len(IGBP_CLASSES))
+    out[r[ok], igbp[ok]] = 1
+    ok = (koppen >= 1) & (koppen <= len(KOPPEN_CLASSES))
+    out[r[ok], len(IGBP_CLASSES) + koppen[ok] - 1] = 1
+    return out
+
+
+def class_weights(codes: np.ndarray, counts: np.ndarray, n_classes: int, first: int = 0) -> np.ndarray:
+    """Inverse-frequency weights per class code: N / (K · n_c) over the observed site-days.
+
+    ``codes`` are the sites' class codes, ``counts`` their observed days; K is the number of
+    classes present. Returns an array indexed by code (classes absent from training get 0), so
+    a weighted mean over the training days is 1.
+    """
+    n = np.bincount(np.asarray(codes, int) - first, weights=np.asarray(counts, float), minlength=n_classes)
+    present = n > 0
+    w = np.zeros(n_classes + first)
+    w[first:][present] = n.sum() / (present.sum() * n[present])
+    return w
+
+
+@dataclass
+class Weights:
+    """Per-class loss weights (IGBP and Köppen) from the training sites."""
+
+    igbp: np.ndarray
+    koppen: np.ndarray
+
+    @classmethod
+    def fit(cls, a: SiteArrays) -> Weights:
+        days = a.observed.sum(1)
+        return cls(class_weights(a.igbp, days, len(IGBP_CLASSES)), class_weights(a.koppen, days, len(KOPPEN_CLASSES), first=1))
+
+    def site(self, igbp, koppen) -> np.ndarray:
+        """(S,) w_igbp × w_koppen per site (0 for a class never seen in training)."""
+        ig = np.asarray(igbp, int)
+        kp = np.asarray(koppen, int)
+        w_ig = np.where((ig >= 0) & (ig < self.igbp.size), self.igbp[np.clip(ig, 0, self.igbp.size - 1)], 0)
+        w_kp = np.where((kp >= 0) & (kp < self.koppen.size), self.koppen[np.clip(kp, 0, self.koppen.size - 1)], 0)
+        return w_ig * w_kp
+
+    def day(self, a: SiteArrays) -> np.ndarray:
+        """(S, T) float32 loss weight per site-day: w_qc × w_igbp × w_koppen, 0 where unobserved.
+
+        w_qc is ``NEE_VUT_USTAR50_QC``; an observed day without QC counts as QC = 1.
+        """
+        obs = a.observed
+        qc = np.where(np.isfinite(a.qc), a.qc, 1.0)
+        return (np.where(obs, qc, 0.0) * self.site(a.igbp, a.koppen)[:, None]).astype(np.float32)
+
+    def to_dict(self) -> dict:
+        return {"igbp": self.igbp.tolist(), "koppen": self.koppen.tolist()}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Weights:
+        return cls(np.asarray(d["igbp"]), np.asarray(d["koppen"]))
+
+
+# --------------------------------------------------------------------------------------------
+# Sample indices (vectorized)
+# --------------------------------------------------------------------------------------------
+def validation_cutoff(observed: np.ndarray, fraction: float = 0.2) -> np.ndarray:
+    """(S,) first day index of each site's validation part: the last ``fraction`` of its
+    observed days. Days before the cutoff are for fitting. A site without observations gets T."""
+    if not 0 <= fraction < 1:
+        raise ValueError(f"validation fraction must be in [0, 1), got {fraction}")
+    cum = np.cumsum(observed, axis=1)
+    total = cum[:, -1] if cum.shape[1] else np.zeros(observed.shape[0], int)
+    n_fit = np.ceil(total * (1 - fraction)).astype(int)
+    # cutoff = the day after the n_fit-th observed day
+    cut = (cum >= np.maximum(n_fit, 1)[:, None]).argmax(axis=1) + 1
+    cut = np.where(n_fit >= total, observed.shape[1], cut)
+    return np.where(total > 0, cut, observed.shape[1])
+
+
+def window_index(observed: np.ndarray, window: int = WINDOW, horizon: int = HORIZON, stride: int = STRIDE,
+                 *, min_target_days: int = 1, lo=None, hi=None) -> np.ndarray:
+    """(N, 2) int64 (site, start) of every kept window, sorted by site then start.
+
+    Windows start at 0, stride, 2·stride, ... and span ``window`` days; the targets are the last
+    ``horizon`` days. A window is kept when at least ``min_target_days`` of its target days are
+    observed and its target days lie in [lo, hi) (per-site day indices; default the whole axis).
+    """
+    if not 0 < horizon <= window:
+        raise ValueError(f"horizon must be in 1..window ({window}), got {horizon}")
+    if stride < 1:
+        raise ValueError(f"stride must be >= 1, got {stride}")
+    n_sites, n_days = observed.shape
+    starts = np.arange(0, n_days - window + 1, stride)
+    if starts.size == 0:
+        return np.zeros((0, 2), np.int64)
+    cum = np.zeros((n_sites, n_days + 1), np.int32)
+    np.cumsum(observed, axis=1, out=cum[:, 1:])
+    first, end = starts + window - horizon, starts + window
+    keep = (cum[:, end] - cum[:, first]) >= min_target_days
+    if lo is not None:
+        keep &= first[None, :] >= np.asarray(lo)[:, None]
+    if hi is not None:
+        keep &= end[None, :] <= np.asarray(hi)[:, None]
+    site, k = np.nonzero(keep)
+    return np.stack([site, starts[k]], axis=1).astype(np.int64)
+
+
+def day_index(observed: np.ndarray, *, lo=None, hi=None) -> np.ndarray:
+    """(N, 2) int64 (site, day) of every observed day in [lo, hi) per site (static models)."""
+    keep = observed.copy()
+    t = np.arange(observed.shape[1])[None, :]
+    if lo is not None:
+        keep &= t >= np.asarray(lo)[:, None]
+    if hi is not None:
+        keep &= t < np.asarray(hi)[:, None]
+    site, day = np.nonzero(keep)
+    return np.stack([site, day], axis=1).astype(np.int64)
+
+
+# --------------------------------------------------------------------------------------------
+# Tensors and batches
+# --------------------------------------------------------------------------------------------
+@dataclass
+class Prepared:
+    """A set of sites ready for a model (numpy): scaled, filled features and loss targets."""
+
+    x: np.ndarray  # (S, T, F) scaled, filled
+    s: np.ndarray  # (S, 2) scaled lat/lon
+    onehot: np.ndarray  # (S, 22)
+    y: np.ndarray | None = None  # (S, T, 3) scaled targets, 0 where unobserved
+    w: np.ndarray | None = None  # (S, T) loss weight per day, 0 where unobserved
+
+    @classmethod
+    def build(cls, a: SiteArrays, scaler: Scaler, weights: Weights | None = None) -> Prepared:
+        y = w = None
+        if weights is not None and a.y is not None:
+            obs = a.observed
+            y = np.where(obs[..., None], scaler.targets(np.nan_to_num(a.y)), 0).astype(np.float32)
+            w = weights.day(a)
+        return cls(model_features(a.x, scaler), scaler.static(a.lat, a.lon), onehot(a.igbp, a.koppen), y, w)
+
+    def tensors(self, device="cpu") -> Tensors:
+        import torch
+
+        def t(v):
+            return None if v is None else torch.from_numpy(np.ascontiguousarray(v)).to(device)
+
+        return Tensors(t(self.x), t(self.s), t(self.onehot), t(self.y), t(self.w))
+
+
+@dataclass
+class Tensors:
+    """A ``Prepared`` set of sites as (device) tensors: what batches are gathered from."""
+
+    x: object  # (S, T, F)
+    s: object  # (S, 2)
+    onehot: object  # (S, 22)
+    y: object | None = None  # (S, T, 3)
+    w: object | None = None  # (S, T)
+
+    @property
+    def device(self):
+        return self.x.device
+
+
+@dataclass
+class Batches:
+    """Batches gathered by tensor indexing from ``Tensors`` for an index of samples.
+
+    ``kind`` 'temporal': index rows are (site, start) of windows; a batch holds ``x`` (B, W, F),
+    ``y``/``w`` of the last ``horizon`` days (B, H, 3) / (B, H). 'static': rows are (site, day);
+    ``x`` (B, F), ``y`` (B, 3), ``w`` (B,). Every batch has ``s`` (B, 2) and ``onehot`` (B, 22);
+    with ``context`` > 0 also ``ctx`` (B, K, W, F): K other feature windows of the same site
+    (random when shuffling, evenly spaced otherwise; features only, never fluxes).
+    """
+
+    data: Tensors
+    index: np.ndarray
+    kind: str = "temporal"
+    window: int = WINDOW
+    horizon: int = HORIZON
+    batch_size: int = 256
+    shuffle: bool = False
+    seed: int = 0
+    context: int = 0
+    epoch: int = field(default=0, init=False)
+
+    def __post_init__(self):
+        import torch
+
+        if self.kind not in ("static", "temporal"):
+            raise ValueError(f"kind must be 'static' or 'temporal', not {self.kind!r}")
+        dev = self.data.device
+        self._index = torch.as_tensor(np.asarray(self.index, np.int64).reshape(-1, 2), device=dev)
+        n_sites, n_days, n_feat = self.data.x.shape
+        self._n_days = n_days
+        self._x2 = self.data.x.reshape(n_sites * n_days, n_feat)
+        self._y2 = None if self.data.y is None else self.data.y.reshape(n_sites * n_days, -1)
+        self._w1 = None if self.data.w is None else self.data.w.reshape(n_sites * n_days)
+        self._steps = torch.arange(self.window, device=dev)
+        self._ctx_gen = torch.Generator(device=dev)
+
+    def __len__(self) -> int:
+        return -(-len(self._index) // self.batch_size)
+
+    def __iter__(self):
+        import torch
+
+        n = len(self._index)
+        if self.shuffle:
+            g = torch.Generator().manual_seed(int(self.seed) * 100_003 + self.epoch)
+            order = torch.randperm(n, generator=g).to(self._index.device)
+            self._ctx_gen.manual_seed(int(self.seed) * 100_003 + self.epoch)
+            self.epoch += 1
+        else:
+            order = None
+        for i0 in range(0, n, self.batch_size):
+            rows = self._index[i0:i0 + self.batch_size] if order is None else self._index[order[i0:i0 + self.batch_size]]
+            yield self.gather(rows)
+
+    def gather(self, rows) -> dict:
+        """The batch for index rows (B, 2) (a tensor on the data's device)."""
+        site, t = rows[:, 0], rows[:, 1]
+        T, F = self._n_days, self._x2.shape[1]
+        b = {"s": self.data.s.index_select(0, site), "onehot": self.data.onehot.index_select(0, site), "site": site}
+        if self.kind == "temporal":
+            flat = (site * T + t)[:, None] + self._steps  # (B, W)
+            b["x"] = self._x2.index_select(0, flat.reshape(-1)).view(len(site), self.window, F)
+            tgt = flat[:, self.window - self.horizon:].reshape(-1)
+            if self._y2 is not None:
+                b["y"] = self._y2.index_select(0, tgt).view(len(site), self.horizon, -1)
+                b["w"] = self._w1.index_select(0, tgt).view(len(site), self.horizon)
+            if self.context:
+                b["ctx"] = self.context_windows(site)
+        else:
+            flat = site * T + t
+            b["x"] = self._x2.index_select(0, flat)
+            if self._y2 is not None:
+                b["y"] = self._y2.index_select(0, flat)
+                b["w"] = self._w1.index_select(0, flat)
+            if self.context:
+                b["ctx"] = self.context_windows(site)
+        return b
+
+    def context_windows(self, site):
+        """(B, K, W, F) feature windows of each sample's site."""
+        import torch
+
+        T, F = self._n_days, self._x2.shape[1]
+        span = max(T - self.window + 1, 1)
+        k = self.context
+        if self.shuffle:
+            starts = torch.randint(0, span, (len(site), k), generator=self._ctx_gen, device=site.device)
+        else:
+            starts = torch.linspace(0, span - 1, k, device=site.device).round().long().expand(len(site), k)
+        flat = (site[:, None, None] * T + starts[..., None]) + self._steps.clamp(max=T - 1)  # (B, K, W)
+        return self._x2.index_select(0, flat.reshape(-1)).view(len(site), k, self.window, F)
+
+
+def prediction_windows(n_days: int, window: int = WINDOW, horizon: int = HORIZON) -> tuple[int, int, int]:
+    """Padding that lets stride-``horizon`` windows cover every day of an ``n_days`` axis.
+
+    Returns (left, right, n_windows): pad ``left = window - horizon`` days before the first day
+    (repeating it) and ``right`` days after the last; window j then starts at j·horizon on the
+    padded axis and its targets are days [j·horizon, (j+1)·horizon) of the original axis.
+    """
+    n_windows = -(-n_days // horizon)
+    left = window - horizon
+    right = n_windows * horizon - n_days
+    return left, right, n_windows
