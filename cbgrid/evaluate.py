@@ -328,18 +328,23 @@ def _log_exclusions(ds: xr.Dataset, missing_qc_pred: int) -> None:
     label = f"{ds.attrs['model']} ({ds.attrs['split']})"
     if missing_qc_pred:
         log.info("%s: %d observed QC = 1 site-days have no prediction and are not scored", label, missing_qc_pred)
-    for flag, meaning in STATUS_MEANINGS.items():
-        hit = (ds["status"] & flag) != 0
-        for target in ds["target"].values:
-            sites = ds[SITE].values[hit.sel(target=target).values]
-            if len(sites):
-                why = {
-                    TOO_FEW_DAYS: f"fewer than {ds.attrs['min_days']} QC = 1 days; not scored",
-                    CONSTANT_OBSERVATIONS: "constant observations; R2 and RAE are NaN",
-                    ZERO_MEAN_OBSERVATIONS: "site mean of observations is zero; nMAE is NaN",
-                    NO_PREDICTION: "no prediction for the site; not scored",
-                }[flag]
-                log.warning("%s %s: %d site(s) %s: %s", label, TARGET_LABELS.get(target, target), len(sites), why, ", ".join(sites[:10]))
+    why = {
+        TOO_FEW_DAYS: f"have fewer than {ds.attrs['min_days']} QC = 1 days; not scored",
+        CONSTANT_OBSERVATIONS: "have constant observations; R2 and RAE are NaN",
+        ZERO_MEAN_OBSERVATIONS: "have a site mean of observations of zero; nMAE is NaN",
+        NO_PREDICTION: "have no prediction; not scored",
+    }
+    for flag in STATUS_MEANINGS:
+        hit = ((ds["status"] & flag) != 0).transpose(SITE, "target").values
+        rows = np.flatnonzero(hit.any(axis=1))
+        if rows.size:
+            targets = ds["target"].values
+            names = [
+                f"{ds[SITE].values[i]} ({', '.join(TARGET_LABELS.get(t, t) for t in targets[hit[i]])})"
+                for i in rows[:10]
+            ]
+            more = f" and {rows.size - 10} more" if rows.size > 10 else ""
+            log.warning("%s: %d site(s) %s: %s%s", label, rows.size, why[flag], ", ".join(names), more)
 
 
 def ensemble(predictions: Sequence[xr.Dataset]) -> xr.Dataset:
@@ -497,10 +502,16 @@ def common_sites(frame: pd.DataFrame, published: pd.DataFrame) -> pd.DataFrame:
 
 
 def side_by_side(frame: pd.DataFrame, published: pd.DataFrame, metric_name: str = "R2") -> pd.DataFrame:
-    """One row per (target, site): the run's ``metric_name`` beside every published baseline's."""
-    mine = frame.set_index(["target", SITE, "igbp", "koppen"])[metric_name].rename(str(frame["model"].iloc[0]))
-    theirs = published.pivot_table(index=["target", SITE], columns="model", values=metric_name, sort=False)
-    out = mine.reset_index().merge(theirs.reset_index(), on=["target", SITE], how="inner")
+    """One row per (split, target, site): ``metric_name`` of each model in ``frame`` beside
+    every published baseline's (columns named '<model> (published)'), on the sites both have."""
+    index = ["split", "target", SITE]
+    mine = frame.pivot_table(index=index, columns="model", values=metric_name, sort=False, dropna=False)
+    theirs = published.pivot_table(index=index, columns="model", values=metric_name, sort=False)
+    theirs.columns = [f"{m} (published)" for m in theirs.columns]
+    geo = frame.drop_duplicates(SITE).set_index(SITE)[["igbp", "koppen"]]
+    out = mine.join(theirs, how="inner").reset_index().join(geo, on=SITE)
+    cols = [*index, "igbp", "koppen", *mine.columns, *theirs.columns]
+    out = out[cols]
     out.insert(0, "metric", metric_name)
     return out
 
@@ -536,19 +547,22 @@ def markdown_table(df: pd.DataFrame, digits: int = 3) -> str:
     return "\n".join(lines)
 
 
-def published_format(summary: pd.DataFrame, metrics: Sequence[str] = ("R2", "RMSE", "nMAE")) -> pd.DataFrame:
-    """The published table layout: one row per split, model (and feature set); one column per
-    target × metric reading ``median [p25, p75]``; ``n`` gives the number of sites per target."""
-    s = summary[summary["metric"].isin(metrics)].copy()
+def published_format(table: pd.DataFrame, metrics: Sequence[str] = ("R2", "RMSE", "nMAE"), by: Sequence[str] = ()) -> pd.DataFrame:
+    """The published table layout: one row per split, model, feature set (and ``by`` class);
+    one column per target × metric reading ``median [p25, p75]``; ``n`` columns give the
+    number of sites per target. ``table`` is a ``quantile_table`` or ``breakdown``."""
+    index = ["split", "model", "feature_set", *by]
+    s = table[table["metric"].isin(metrics)].copy()
     s["cell"] = [f"{_fmt(a)} [{_fmt(b)}, {_fmt(c)}]" for a, b, c in zip(s["p50"], s["p25"], s["p75"])]
     s["col"] = [f"{TARGET_LABELS.get(t, t)} {m}" for t, m in zip(s["target"], s["metric"])]
-    wide = s.pivot_table(index=["split", "model", "feature_set"], columns="col", values="cell", aggfunc="first", sort=False)
-    n = s.groupby(["split", "model", "feature_set", "target"], sort=False)["n_sites"].max().unstack("target")
+    wide = s.pivot_table(index=index, columns="col", values="cell", aggfunc="first", sort=False)
+    n = s.groupby([*index, "target"], sort=False)["n_sites"].max().unstack("target")
     n = n[[t for t in TARGETS if t in n]]
     n.columns = [f"n {TARGET_LABELS.get(t, t)}" for t in n.columns]
     order = [f"{TARGET_LABELS.get(t, t)} {m}" for t in TARGETS for m in metrics]
     wide = wide[[c for c in order if c in wide]]
-    return wide.join(n).reset_index()
+    out = wide.join(n).reset_index()
+    return out.sort_values(index[:1] + list(by), kind="stable").reset_index(drop=True) if by else out
 
 
 class _CallableModule(types.ModuleType):

@@ -36,7 +36,7 @@ METRIC_LIMITS = {"R2": (-1.0, 1.0), "nMAE": (0.0, 3.0), "RAE": (0.0, 3.0)}
 def _plt():
     try:
         import matplotlib
-    except ImportError as e:  # pragma: no cover - exercised only without the extra
+    except ImportError as e:
         raise ImportError(
             "plots need matplotlib: pip install 'cbgrid[plots]' (or pip install matplotlib)"
         ) from e
@@ -44,6 +44,14 @@ def _plt():
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def _horizontal() -> dict:
+    """Horizontal box plots: ``orientation`` since matplotlib 3.10, ``vert`` before."""
+    import matplotlib
+
+    major, minor = (int(x) for x in matplotlib.__version__.split(".")[:2])
+    return {"orientation": "horizontal"} if (major, minor) >= (3, 10) else {"vert": False}
 
 
 def save(fig, path) -> Path:
@@ -81,7 +89,7 @@ def metric_distributions(frame: pd.DataFrame, target: str, metrics: Sequence[str
         lo, hi = METRIC_LIMITS.get(m, (None, None))
         outside = sum(int(np.sum(d < lo) + np.sum(d > hi)) for d in data) if lo is not None else 0
         shown = [np.clip(d, lo, hi) if lo is not None else d for d in data]
-        ax.boxplot(shown, vert=False, widths=0.6, showfliers=True, flierprops={"markersize": 2, "alpha": 0.5})
+        ax.boxplot(shown, widths=0.6, showfliers=True, flierprops={"markersize": 2, "alpha": 0.5}, **_horizontal())
         ax.set_yticks(range(1, len(labels) + 1), labels if ax is axes[0][0] else [""] * len(labels))
         ax.invert_yaxis()
         ax.set_xlabel(METRIC_LABELS.get(m, m))

@@ -137,7 +137,7 @@ def test_edge_cases_give_nan_with_a_logged_reason(caplog):
     assert (st.sel(site=s[4]) == ev.NO_PREDICTION).all()
     assert int(st.sel(site=s[3]).sum()) == 0
     text = caplog.text
-    for phrase in ("fewer than 30 QC = 1 days", "constant observations", "site mean of observations is zero", "no prediction"):
+    for phrase in ("fewer than 30 QC = 1 days", "constant observations", "site mean of observations of zero", "no prediction"):
         assert phrase in text
     table = ev.excluded(ev.to_frame(scores))
     assert set(table["reason"]) == {"constant_observations", "too_few_qc_days", "zero_site_mean", "no_prediction"}
@@ -225,7 +225,7 @@ def test_published_comparison_uses_the_same_sites():
               & (ref.target == GPP) & (ref.site == in_store[0])]["R2"].item()
     assert pub[(pub.model == "lstm") & (pub.target == GPP) & (pub.site == in_store[0])]["R2"].item() == one
     side = ev.side_by_side(frame, pub)
-    assert len(side) == len(in_store) * 3 and "toy" in side and "lstm" in side
+    assert len(side) == len(in_store) * 3 and "toy" in side and "lstm (published)" in side
     with pytest.raises(ValueError, match="official"):
         ev.published_comparison(frame.assign(split="igbp"))
 
@@ -255,9 +255,10 @@ def test_metric_code_imports_no_plotting_library():
 
 @pytest.fixture(scope="module")
 def twin_runs(tmp_path_factory):
-    """A twin store, its official-IGBP split, and three run directories: two seeds of 'toy'
-    (small errors) and one run of 'rough' (large errors)."""
-    import yaml
+    """A twin store, its official-IGBP split, and three run directories laid out as
+    ``cbgrid train`` writes them (predictions.nc, config.json naming the store, split.csv):
+    two seeds of 'toy' (small errors) and one run of 'rough' (large errors)."""
+    import json
 
     from cbgrid import splits, store
     from cbgrid.sources import twin
@@ -278,7 +279,9 @@ def twin_runs(tmp_path_factory):
         d = root / f"{model}-{seed}"
         d.mkdir()
         pred.to_netcdf(d / "predictions.nc")
-        (d / "config.yaml").write_text(yaml.safe_dump({"model": model, "data": {"store": "../twin.zarr", "split": "../split.csv"}}))
+        store_path = "../twin.zarr" if seed else str(root / "twin.zarr")  # relative to the run, or absolute
+        (d / "config.json").write_text(json.dumps({"model": model, "split": "official-igbp", "store": store_path}))
+        splits.write_split(split, d / "split.csv")
         runs.append(d)
     return root, runs, split
 
@@ -318,7 +321,8 @@ def test_cli_report_end_to_end(twin_runs, capsys):
     rank = pd.read_csv(out / "ranking.csv")
     assert rank.groupby("target")["model"].first().eq("toy").all()
     side = pd.read_csv(out / "per_site_vs_published.csv")
-    assert {"toy", "rough", "XGBoost", "tam-rl"} <= set(side.columns)
+    assert {"toy", "rough", "XGBoost (published)", "tam-rl (published)"} <= set(side.columns)
+    assert len(side) == side[["metric", "target", "site"]].drop_duplicates().shape[0]
     report = (out / "report.md").read_text()
     assert "of the 96 official test sites" in report and "fewer than 30 QC = 1 days" in report
 

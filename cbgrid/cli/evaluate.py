@@ -17,7 +17,8 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 PREDICTIONS = "predictions.nc"
-CONFIG_NAMES = ("config.yaml", "config.yml", "config.json")
+CONFIG_NAMES = ("config.json", "config.yaml", "config.yml")
+RUN_SPLIT = "split.csv"  # the membership a run was trained with, written beside its predictions
 STORE_KEYS = ("store", "store_path")
 SPLIT_KEYS = ("split_path", "split_file", "split_csv", "split")
 
@@ -54,6 +55,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 @dataclass
 class Run:
+    """A run directory's predictions and where its store and split membership are."""
+
     path: Path
     predictions: object  # xr.Dataset
     store: Path | None
@@ -118,11 +121,29 @@ def load_run(run_dir: Path, store: Path | None = None, split: Path | None = None
     if split_value and not str(split_value).endswith(".csv"):
         split_value = None  # a split *name* such as 'igbp', not a file
     split = split or _resolve(split_value, pred_path.parent)
+    if split is None and (pred_path.parent / RUN_SPLIT).exists():
+        split = (pred_path.parent / RUN_SPLIT).resolve()
     return Run(pred_path.parent, predictions, store, split)
 
 
+def _read_split(path: Path):
+    """A split CSV: the full ``cbgrid.splits`` layout, or at least site and set columns."""
+    import pandas as pd
+
+    from cbgrid import splits
+    from cbgrid.schema import SchemaError
+
+    try:
+        return splits.read_split(path)
+    except SchemaError:
+        df = pd.read_csv(path, dtype={"site": str}, keep_default_na=False)
+        if not {"site", "set"} <= set(df.columns):
+            raise
+        return df
+
+
 def _one(paths, what: str, key) -> Path:
-    paths = {p for p in paths}
+    paths = set(paths)
     if None in paths or not paths:
         raise ValueError(
             f"{'/'.join(key)}: cannot tell which {what} the run used from its files; pass --{what}"
@@ -130,6 +151,20 @@ def _one(paths, what: str, key) -> Path:
     if len(paths) > 1:
         raise ValueError(f"{'/'.join(key)}: its runs name different {what}s {sorted(map(str, paths))}; pass --{what}")
     return paths.pop()
+
+
+def _one_split(paths, key):
+    """The split of a group of runs: each run may carry its own copy; they must agree."""
+    for p in paths:
+        if p is None:
+            raise ValueError(f"{'/'.join(key)}: cannot tell which split the run used from its files; pass --split")
+    tables = {p: _read_split(p) for p in dict.fromkeys(paths)}
+    tests = {p: frozenset(t.loc[t["set"] == "test", "site"].astype(str)) for p, t in tables.items()}
+    if len(set(tests.values())) > 1:
+        raise ValueError(f"{'/'.join(key)}: its runs were tested on different sites ({', '.join(map(str, tests))}); "
+                         "score them separately or pass --split")
+    first = next(iter(tables))
+    return first, tables[first]
 
 
 # --------------------------------------------------------------------------------------------
@@ -153,22 +188,19 @@ def score_runs(runs: list[Run], min_days: int) -> list[Experiment]:
     import pandas as pd
 
     from cbgrid import evaluate as ev
-    from cbgrid.splits import read_split
     from cbgrid.store import open_store
 
     groups: dict[tuple, list[Run]] = {}
     for r in runs:
         groups.setdefault(r.key, []).append(r)
-    stores, splits = {}, {}
+    stores = {}
     out = []
     for key, members in groups.items():
         store_path = _one([m.store for m in members], "store", key)
-        split_path = _one([m.split for m in members], "split", key)
+        split_path, split = _one_split([m.split for m in members], key)
         if store_path not in stores:
             stores[store_path] = open_store(store_path)
-        if split_path not in splits:
-            splits[split_path] = read_split(split_path)
-        store, split = stores[store_path], splits[split_path]
+        store = stores[store_path]
         if key[1] != "unknown" and "split" in split and set(split["split"]) != {key[1]}:
             log.warning("%s: predictions say split %r but %s holds %s", "/".join(key), key[1], split_path, sorted(set(split["split"])))
         preds = [m.predictions for m in members]
@@ -278,10 +310,7 @@ def cmd_evaluate(args) -> int:
         if pub_all is not None:
             b = pd.concat([b, ev.breakdown(pub_all, by, keys=keys)], ignore_index=True)
         label = {"igbp": "IGBP", "koppen": "Köppen"}[by]
-        bmd = b[b["metric"].isin(["R2", "RMSE", "nMAE"])].copy()
-        bmd["model"] = _with_source(bmd)
-        bmd["target"] = bmd["target"].map(lambda t: ev.TARGET_LABELS.get(t, t))
-        bmd = bmd[["split", "model", "target", by, "metric", "n_sites", "p25", "p50", "p75"]]
+        bmd = ev.published_format(b.assign(model=_with_source(b)), by=[by])
         written += _write_table(b, out, f"breakdown_{by}", f"Scores per {label} class: site count and quantiles across sites", bmd)
         if by == "igbp":
             breakdown_igbp = b
@@ -289,7 +318,9 @@ def cmd_evaluate(args) -> int:
             breakdown_koppen = b
 
     rank = ev.ranking(summary.assign(model=_with_source(summary)))
-    written += _write_table(rank, out, "ranking", "Ranking by median score across test sites (1 = best)")
+    rank_md = rank.assign(target=rank["target"].map(lambda t: ev.TARGET_LABELS.get(t, t)))
+    rank_md[[c for c in rank if c.startswith("rank_")]] = rank_md[[c for c in rank if c.startswith("rank_")]].astype(int)
+    written += _write_table(rank, out, "ranking", "Ranking by median score across test sites (1 = best)", rank_md)
 
     spreads = [ev.seed_spread(e.member_frames) for e in experiments if e.member_frames]
     if spreads:
@@ -299,13 +330,8 @@ def cmd_evaluate(args) -> int:
     if pub_all is not None:
         pub_all.to_csv(out / "published_site_scores.csv", index=False)
         written.append("published_site_scores.csv")
-        sides = []
-        for f in frames:
-            if f["split"].iloc[0] in ev.OFFICIAL_SPLITS:
-                p = pub_all[pub_all["split"] == f["split"].iloc[0]]
-                for m in ("R2", "RMSE", "nMAE", "RAE"):
-                    sides.append(ev.side_by_side(f, p, m).assign(split=f["split"].iloc[0]))
-        side = pd.concat(sides, ignore_index=True)
+        official = per_site[per_site["split"].isin(list(ev.OFFICIAL_SPLITS))]
+        side = pd.concat([ev.side_by_side(official, pub_all, m) for m in ("R2", "RMSE", "nMAE", "RAE")], ignore_index=True)
         side_md = side[side["metric"] == "R2"].copy()
         side_md["target"] = side_md["target"].map(lambda t: ev.TARGET_LABELS.get(t, t))
         written += _write_table(side, out, "per_site_vs_published",
