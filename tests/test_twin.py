@@ -201,3 +201,15 @@ def test_grid_masks_water_and_matches_simulate():
     _same(one["GPP_true"][0], v["GPP_true"].values[:, 1, 1])
     _same(one["temperature_2m"][0], v["temperature_2m"].values[:, 1, 1])
     assert v["temperature_2m"].attrs["units"] == "K"
+
+
+def test_twin_sites_extra_locations_from_rasters():
+    pytest.importorskip("rioxarray")
+    base = twin.twin_sites()
+    more = twin.twin_sites(len(base) + 3, seed=0)
+    extra = more.iloc[len(base):]
+    assert list(extra["site"]) == ["TW-0001", "TW-0002", "TW-0003"]
+    assert (extra["network"] == "twin").all()
+    assert not extra["igbp"].isin(["WAT", "SNO", "BSV"]).any()
+    assert extra["koppen"].isin(list("ABCDE")).all()
+    pd.testing.assert_frame_equal(more.iloc[: len(base)], base)
