@@ -7,7 +7,9 @@ on known pixels; expected values here are computed independently with numpy. The
 
 from __future__ import annotations
 
+import json
 import sys
+from pathlib import Path
 
 import dask
 import numpy as np
@@ -439,6 +441,131 @@ def test_cli_grid_saves_zarr(fake_xee, tmp_path, capsys):
     assert saved.sur_refl_b01.attrs["units"] == "1" and saved.temperature_2m.attrs["units"] == "K"
     assert float(saved.sur_refl_b03.max()) < 1
     assert main(["-q", "acquire", "grid", str(recipe), "--zarr", str(out)]) == 2  # exists, no --overwrite
+
+
+# --------------------------------------------------------------------------- the real ee client, offline
+
+RECORDED = Path(__file__).parent / "data" / "ee"
+
+
+@pytest.fixture
+def real_ee(monkeypatch):
+    """The real earthengine-api, initialised offline with the algorithm signatures it ships.
+
+    Every method and argument cbgrid uses is then checked by the real client; requests end
+    at ``ee.data.computeValue``, which the tests answer with recorded responses.
+    """
+    ee = pytest.importorskip("ee")
+    apitestcase = pytest.importorskip("ee.apitestcase")
+    monkeypatch.setattr(ee.data, "_install_cloud_api_resource", lambda: None)
+    monkeypatch.setattr(ee.data, "getAlgorithms", apitestcase.GetAlgorithms)
+    monkeypatch.setattr(ee.deprecation, "_FetchDataCatalogStac", lambda: {})
+    ee.Reset()
+    ee.Initialize(None, "", project="offline")
+    ee.projects = []
+    monkeypatch.setattr(ee, "Initialize", lambda project=None, **kw: ee.projects.append(project))
+    monkeypatch.setattr(E, "_sleep", lambda s: None)
+    yield ee
+    ee.Reset()
+
+
+def invocations(obj) -> list[tuple[str, dict]]:
+    """(function name, arguments) of every call in an ee object's serialized graph."""
+    doc = json.loads(obj.serialize(for_cloud_api=True))
+    values, out = doc["values"], []
+
+    def walk(node):
+        if not isinstance(node, dict):
+            return node
+        if "valueReference" in node:
+            return walk(values[node["valueReference"]])
+        if "constantValue" in node:
+            return node["constantValue"]
+        if "functionInvocationValue" in node:
+            f = node["functionInvocationValue"]
+            args = {k: walk(v) for k, v in f.get("arguments", {}).items()}
+            out.append((f["functionName"], args))
+            return {"fn": f["functionName"], **args}
+        if "functionDefinitionValue" in node:
+            return walk(values[node["functionDefinitionValue"]["body"]])
+        if "arrayValue" in node:
+            return [walk(v) for v in node["arrayValue"]["values"]]
+        if "argumentReference" in node:
+            return "arg"
+        return node
+
+    walk(values[doc["result"]])
+    return out
+
+
+def _calls(obj, name):
+    return [a for n, a in invocations(obj) if n == name]
+
+
+def test_real_client_accepts_the_site_requests(real_ee):
+    lat, lon = 42.5378, -72.1715
+    modis = E.site_series(E.MODIS, lat, lon, "2004-01-01", "2004-01-03")
+    assert [a["id"] for a in _calls(modis, "ImageCollection.load")] == [MODIS_ID]
+    assert _calls(modis, "DateRange") == [{"start": "2004-01-01", "end": "2004-01-04"}]
+    (rr,) = _calls(modis, "Image.reduceRegion")
+    assert rr["scale"] == E.MODIS_SCALE_M and rr["reducer"]["fn"] == "Reducer.mean"
+    box = rr["geometry"]
+    assert box["fn"] == "GeometryConstructors.Rectangle" and box["geodesic"] is False
+    assert box["coordinates"] == list(E.window_bounds(lat, lon)) and box["crs"]["crs"] == "EPSG:4326"
+    (bits,) = _calls(modis, "Image.bitwiseAnd")
+    assert bits["image1"]["bandSelectors"] == ["state_1km"] and bits["image2"]["value"] == 3
+    (cloudy,) = [a for a in _calls(modis, "Image.eq") if a["image1"]["fn"] == "Image.bitwiseAnd"]
+    assert cloudy["image2"]["value"] == 1
+    masks = _calls(modis, "Image.updateMask")
+    assert [m["image"]["bandSelectors"] for m in masks] == [list(REFL), list(ANGLES)]
+    limits = {(c["image1"]["bandSelectors"][0], n, c["image2"]["value"]) for n in ("Image.gte", "Image.lte") for c in _calls(modis, n)}
+    assert limits == {("sur_refl_b01", "Image.gte", -100), ("sur_refl_b01", "Image.lte", 16000),
+                      ("SensorZenith", "Image.gte", -18000), ("SensorZenith", "Image.lte", 18000)}
+    era5 = E.site_series(E.ERA5_LAND, lat, lon, "2004-01-01", "2004-01-03", "standard")
+    assert [a["id"] for a in _calls(era5, "ImageCollection.load")] == [ERA5_ID]
+    (rr,) = _calls(era5, "Image.reduceRegion")
+    assert rr["geometry"] == {"fn": "GeometryConstructors.Point", "coordinates": [lon, lat]}
+    assert rr["scale"] == E.ERA5_LAND_SCALE_M
+    assert [a["bandSelectors"] for a in _calls(era5, "Image.select")] == [catalog.era5_bands("standard")]
+
+
+def test_real_client_accepts_the_grid_requests(real_ee):
+    transform = (0.1, 0.0, -11.0, 0.0, -0.1, 71.0)
+    for source in E.SOURCES:
+        ic = E.grid_collection(source, "2021-01-01", "2021-01-31", crs_transform=transform)
+        (rr,) = _calls(ic, "Image.reduceResolution")
+        assert (rr["reducer"]["fn"], rr["bestEffort"], rr["maxPixels"]) == ("Reducer.mean", True, 65535)
+        (rp,) = _calls(ic, "Image.reproject")
+        assert rp["crsTransform"] == list(transform) and rp["crs"]["crs"] == "EPSG:4326"
+        kept = [c["properties"] for c in _calls(ic, "Image.copyProperties")]
+        assert kept and all(k == ["system:id", "system:time_start"] for k in kept)
+
+
+def test_real_client_end_to_end_with_recorded_responses(real_ee, monkeypatch, tmp_path):
+    """acquire_sites through the real client: getInfo -> computeValue -> recorded JSON."""
+    asked = []
+
+    def compute_value(obj):
+        (load,) = _calls(obj, "ImageCollection.load")
+        (dates,) = _calls(obj, "DateRange")
+        asked.append((load["id"], dates["start"], dates["end"]))
+        if len(asked) == 1:
+            raise real_ee.EEException("Too many concurrent aggregations.")
+        source = "modis" if load["id"] == MODIS_ID else "era5_land"
+        return json.loads((RECORDED / f"{source}_US-Ha1_2004-01-01_2004-01-03.json").read_text())
+
+    monkeypatch.setattr(real_ee.data, "computeValue", compute_value)
+    s = catalog.sites()
+    ds = E.acquire_sites(s[s.site == "US-Ha1"], "2004-01-01", "2004-01-03", cache_dir=tmp_path, workers=1, project="proj-x", progress=False)
+    assert real_ee.projects == ["proj-x"]
+    assert len(asked) == 3 and asked[0] == asked[1]  # the rate-limited request was retried
+    assert {a[1:] for a in asked} == {("2004-01-01", "2004-01-04")}
+    site = ds.isel(site=0)
+    np.testing.assert_allclose(site.sur_refl_b02.values, [0.2210, np.nan, 0.215075], rtol=1e-6)
+    np.testing.assert_allclose(site.SensorAzimuth.values, [102.455, -78.22, 98.10], rtol=1e-6)
+    np.testing.assert_allclose(site.clouds.values, [0.0, 1.0, 0.25])
+    np.testing.assert_allclose(site.temperature_2m.values, [268.41, 271.05, 265.77], rtol=1e-6)
+    assert site.temperature_2m.attrs["units"] == "K"
 
 
 # --------------------------------------------------------------------------- live
