@@ -133,6 +133,8 @@ def test_tamrl_code_from_site_windows_matches_inline_context():
         inline = net(batch)
         cached = net({k: v for k, v in batch.items() if k != "ctx"} | {"code": code})
     assert code.shape == (4, SMALL["latent"])
+    with torch.no_grad():
+        assert torch.allclose(net.site_code(batch["ctx"], chunk=5), code, atol=1e-6)
     assert torch.allclose(inline, cached, atol=1e-6)
     assert net.aux_loss.item() == 0.0
     # The code depends on the site's windows, and the forecast on the code.

@@ -95,21 +95,31 @@ class TAMRL(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.head = nn.Linear(hidden, n_targets)
 
-    def site_code(self, ctx: torch.Tensor) -> torch.Tensor:
-        """(B, K, window, n_features) feature windows → (B, latent) site codes (mean over K)."""
+    def site_code(self, ctx: torch.Tensor, chunk: int = 16384) -> torch.Tensor:
+        """(B, K, window, n_features) feature windows → (B, latent) site codes (mean over K).
+
+        Windows go through the encoder ``chunk`` at a time, which bounds the encoder's memory
+        when codes are computed without gradients for many sites or grid cells at once.
+        """
         if ctx.dim() != 4:
             raise ValueError(
                 "TAMRL.site_code needs ctx of shape (B, K, window, n_features), "
                 f"got {tuple(ctx.shape)}"
             )
         b, k = ctx.shape[:2]
-        return self.task.embed(ctx.flatten(0, 1)).view(b, k, -1).mean(1)
+        z = torch.cat([self.task.embed(part) for part in ctx.flatten(0, 1).split(chunk)])
+        return z.view(b, k, -1).mean(1)
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         inputs = per_step_inputs(batch, True, "TAMRL")
         if "code" in batch:
             code = _expect(batch, "code", 2, "TAMRL", "(B, latent)")
             self.aux_loss = inputs.new_zeros(())
+        elif "ctx" not in batch:
+            raise KeyError(
+                "TAMRL needs the site's feature windows batch['ctx'] (B, K, window, n_features) "
+                f"or a precomputed batch['code'] (B, latent); the batch has {sorted(batch)}"
+            )
         else:
             ctx = _expect(batch, "ctx", 4, "TAMRL", "(B, K, window, n_features)")
             b, k, steps = ctx.shape[:3]
