@@ -98,6 +98,8 @@ LUE = np.array([0.0, 1.15, 1.8, 1.3, 1.45, 1.3, 0.65, 1.0, 0.9, 1.8, 1.2, 1.25, 
 WMAX = np.array([50., 200., 250., 200., 200., 200., 100., 80., 150., 150., 120., 250., 150., 80., 150., 50., 60.])
 #: phenology type: 0 evergreen, 1 temperature-deciduous, 2 water- and temperature-limited
 PHEN = np.array([2, 0, 0, 1, 1, 1, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2])
+#: IGBP classes that, in a Köppen A climate, get the strongly seasonal (Aw) rainfall
+SEASONAL_TROPICS = np.array([6, 7, 8, 9, 10, 12])
 #: vegetation albedo
 ALB_VEG = np.array([0.06, 0.10, 0.13, 0.12, 0.16, 0.14, 0.17, 0.18, 0.17, 0.18, 0.20, 0.15, 0.20, 0.16, 0.18, 0.5, 0.25])
 
@@ -280,7 +282,9 @@ def _climate(lat, igbp, kop, keys, seed):
     # precipitation seasonality: summer peak, Mediterranean winter peak for some C sites
     medit = (kop == 3) & (alat > 28) & (alat < 45) & (_static(seed, keys, 3) < 0.35)
     ppeak = 200.0 + hemi + np.where(medit, 182.6, 0.0)
-    pseason = np.clip(KOP_PSEASON[kop] * (0.3 + _static(seed, keys, 4)), 0.0, 0.9)
+    pseason = np.clip(KOP_PSEASON[kop] * (0.3 + _static(seed, keys, 4)), 0.0, 0.95)
+    # tropical savannas, grasslands and shrublands are the Aw climate: a marked dry season
+    pseason = np.where((kop == 1) & np.isin(igbp, SEASONAL_TROPICS), np.maximum(pseason, 0.9), pseason)
     amount = KOP_AMOUNT[kop] * np.exp(0.3 * _static_normal(seed, keys, 5))
     wmax = WMAX[igbp] * np.exp(0.2 * _static_normal(seed, keys, 6))
     soil_alb = KOP_SOIL_ALB[kop] + 0.03 * (2 * _static(seed, keys, 7) - 1)
@@ -336,7 +340,7 @@ def _process(lat_rad, igbp, kop, keys, seed, c, days):
     t_anom = _ar1(_normal(seed, keys, days, _S_TANOM), T_PHI) * c["t_sd"][:, None]
     # --- precipitation: wet/dry Markov chain + exponential amounts; bucket; in one day loop --
     season = np.cos(2 * np.pi * (doy[None, :] - c["ppeak"][:, None]) / 365.25) * c["pseason"][:, None]
-    p01 = np.clip(KOP_P01[kop][:, None] * (1 + season), 0.005, 0.95)
+    p01 = np.clip(KOP_P01[kop][:, None] * (1 + season), 0.002, 0.95)
     p11 = np.clip(KOP_P11[kop][:, None] * (1 + 0.5 * season), 0.05, 0.97)
     amount = -np.log(_uniform(seed, keys, days, _S_AMOUNT)) * (c["amount"][:, None] * (1 + 0.3 * season))
     u_wet = _uniform(seed, keys, days, _S_WET)
@@ -497,7 +501,8 @@ def _modis(seed, keys, lat_rad, c, days, doy, fc, snow_vis, cloud):
     cos_sza = np.sin(phi) * np.sin(dec) + np.cos(phi) * np.cos(dec) * np.cos(h)
     sza = np.rad2deg(np.arccos(np.clip(cos_sza, -1.0, 1.0)))
     saa = np.rad2deg(np.arctan2(-np.sin(h), np.tan(dec) * np.cos(phi) - np.sin(phi) * np.cos(h)))
-    cloud_pix = np.clip(cloud + 0.2 * _normal(seed, keys, days, _S_CLOUDPIX), 0.0, 1.0)
+    # a 2 km window is mostly all clear or all cloudy: steeper than the cell cloud fraction
+    cloud_pix = np.clip(0.5 + 2.5 * (cloud - 0.5) + 0.25 * _normal(seed, keys, days, _S_CLOUDPIX), 0.0, 1.0)
     common = 1.0 + 0.05 * _normal(seed, keys, days, _S_MNOISE)
     soil_scale = (c["soil_alb"] / 0.18)[:, None]
     missing = (
