@@ -568,6 +568,77 @@ def test_real_client_end_to_end_with_recorded_responses(real_ee, monkeypatch, tm
     assert site.temperature_2m.attrs["units"] == "K"
 
 
+def _unique(calls, name, has=None):
+    (one,) = {json.dumps(a, sort_keys=True): a for n, a in calls if n == name and (has is None or has in a)}.values()
+    return one
+
+
+def _grid_value(cid, band, day, lat, lon):
+    """Raw pixel values the recorded-style computePixels answers with (before cbgrid's scaling)."""
+    if cid == ERA5_ID:
+        return 250.0 + 0.1 * day.day_of_year + lat + 0.01 * lon
+    if band == "clouds":
+        return (np.round(lat * 2) % 2).astype(float)  # a cloudy-fraction band
+    k = int(band[-1]) if band.startswith("sur_refl") else 10 + ANGLES.index(band)
+    return 100.0 * k + day.day_of_year + np.round(lat * 10) + 0.1 * lon
+
+
+def test_real_xee_opens_the_grid_end_to_end(real_ee, monkeypatch):
+    """open_grid through the real xee 0.1.x backend and real ee client; EE answers recorded-style."""
+    pytest.importorskip("xee")
+    pixel_requests = []
+
+    def compute_value(obj):  # xee's one metadata request per collection
+        calls = invocations(obj)
+        cid = _unique(calls, "ImageCollection.load")["id"]
+        dr = _unique(calls, "DateRange")
+        days = pd.date_range(dr["start"], pd.Timestamp(dr["end"]) - pd.Timedelta(days=1))
+        bands = catalog.modis_bands() if cid == MODIS_ID else _unique(calls, "Image.select")["bandSelectors"]
+        first = {"type": "Image", "bands": [{"id": b, "data_type": {"type": "PixelType", "precision": "double"}} for b in bands]}
+        return [len(days), {}, first, [[f"{cid}/{d:%Y%m%d}" for d in days], [int(d.value // 10**6) for d in days]]]
+
+    def compute_pixels(params):
+        calls = invocations(params["expression"])
+        cid = _unique(calls, "ImageCollection.load")["id"]
+        dr = _unique(calls, "DateRange")
+        days = pd.date_range(dr["start"], pd.Timestamp(dr["end"]) - pd.Timedelta(days=1))
+        band = _unique(calls, "Image.addBands", has="names")["names"][0]  # xee stacks one band per request
+        to_list = _unique(calls, "Collection.toList")
+        offset, n = to_list["offset"], to_list["count"]
+        g = params["grid"]
+        t, dims = g["affineTransform"], g["dimensions"]
+        pixel_requests.append((cid, band, offset, n, t["translateX"], t["translateY"], dims["width"], dims["height"]))
+        lat = t["translateY"] + t["scaleY"] * (np.arange(dims["height"]) + 0.5)
+        lon = t["translateX"] + t["scaleX"] * (np.arange(dims["width"]) + 0.5)
+        la, lo = np.meshgrid(lat, lon, indexing="ij")
+        out = np.empty((dims["height"], dims["width"]), dtype=[(f"{i}_{band}", "<f8") for i in range(n)])
+        for i in range(n):
+            v = _grid_value(cid, band, days[offset + i], la, lo)
+            v[(la > 46) & (lo > 6.5)] = np.iinfo(np.int32).max  # xee's mask value: no data there
+            out[f"{i}_{band}"] = v
+        return out
+
+    monkeypatch.setattr(real_ee.data, "computeValue", compute_value)
+    monkeypatch.setattr(real_ee.data, "computePixels", compute_pixels)
+    recipe = _recipe()
+    ds = E.open_grid(recipe, chunks={"time": 20})
+    assert pixel_requests == []  # lazy: only metadata so far
+    assert dict(ds.sizes) == {"time": 54, "lat": 3, "lon": 4}
+    np.testing.assert_array_equal(ds.lat.values, recipe.grid.lat)
+    ds = ds[["temperature_2m", "sur_refl_b04", "SolarZenith", "clouds"]].compute()
+    # one request per variable, time chunk and spatial tile (2 x 3 cells of a 3 x 4 grid)
+    era5 = {r for r in pixel_requests if r[0] == ERA5_ID and r[1] == "temperature_2m"}
+    assert {(r[2], r[3]) for r in era5} == {(0, 7), (0, 20), (20, 20), (40, 7)}
+    assert {(r[4], r[5], r[6], r[7]) for r in era5} == {(5.0, 46.5, 3, 2), (6.5, 46.5, 1, 2), (5.0, 45.5, 3, 1), (6.5, 45.5, 1, 1)}
+    la, lo = np.meshgrid(recipe.grid.lat, recipe.grid.lon, indexing="ij")
+    nodata = (la > 46) & (lo > 6.5)
+    for day in pd.to_datetime(["2003-12-25", "2004-01-01", "2004-02-16"]):
+        for b, scale in [("temperature_2m", 1.0), ("sur_refl_b04", 1e-4), ("SolarZenith", 0.01), ("clouds", 1.0)]:
+            cid = ERA5_ID if b == "temperature_2m" else MODIS_ID
+            exp = np.where(nodata, np.nan, _grid_value(cid, b, day, la, lo) * scale)
+            np.testing.assert_allclose(ds[b].sel(time=day).values, exp, rtol=1e-6, err_msg=f"{b} {day.date()}")
+
+
 # --------------------------------------------------------------------------- live
 
 

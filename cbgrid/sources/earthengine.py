@@ -127,8 +127,10 @@ def initialize(project: str | None = None) -> str | None:
             ee.Initialize(project=project)
         except ee.EEException as e:
             msg = str(e)
-            if re.search(r"authorize access|credentials|authenticate|no project found|project", msg, re.I):
-                raise CredentialsError(f"{_AUTH_HELP} ({msg.splitlines()[0]})") from None
+            if re.search(r"authorize access|credentials|authenticate", msg, re.I):
+                raise CredentialsError(_AUTH_HELP) from None
+            if re.search(r"project", msg, re.I):
+                raise CredentialsError(f"{_AUTH_HELP}; Earth Engine said: {msg.splitlines()[0]}") from None
             raise EarthEngineError(f"ee.Initialize(project={project!r}) failed: {msg}") from e
         except Exception as e:  # google.auth errors when application-default credentials are absent
             if "credentials" in f"{type(e).__name__} {e}".lower():
