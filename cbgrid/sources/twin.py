@@ -645,8 +645,21 @@ def _codes(sites: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
 STORE_VARS = DRIVER_VARS + TARGET_VARS
 
 
-def _stack(out: dict, names) -> np.ndarray:
+def _site_block(lat, lon, igbp, kop, time, keys, seed, names) -> np.ndarray:
+    """One dask task of twin_store: (variable, site, time) float32 for a block of sites."""
+    out = simulate(lat, lon, igbp, kop, time, keys, seed)
     return np.stack([out[k] for k in names])
+
+
+def _grid_block(lat, lon, igbp, kop, keys, land, time, seed, with_truth, names) -> np.ndarray:
+    """One dask task of twin_grid: (variable, time, lat, lon) float32 for a spatial chunk;
+    only land cells are simulated, the rest is NaN."""
+    res = np.full((len(names), len(time)) + land.shape, np.nan, dtype=np.float32)
+    if land.any():
+        out = simulate(lat[land], lon[land], igbp[land], kop[land], time, keys[land], seed, with_truth=with_truth)
+        for v, k in enumerate(names):
+            res[v][:, land] = out[k].T
+    return res
 
 
 def twin_store(sites: pd.DataFrame | None = None, start="2000-02-24", end="2024-12-31", seed=0,
@@ -671,13 +684,10 @@ def twin_store(sites: pd.DataFrame | None = None, start="2000-02-24", end="2024-
     lon = sites["lon"].to_numpy(np.float64)
     names = STORE_VARS
 
-    def block(sl):
-        return _stack(simulate(lat[sl], lon[sl], igbp[sl], kop[sl], time, keys[sl], seed), names)
-
     parts = []
     for i0 in range(0, len(sites), site_chunk):
         sl = slice(i0, min(i0 + site_chunk, len(sites)))
-        d = dask.delayed(block, pure=True)(sl, dask_key_name=f"twin-sites-{seed}-{i0}-{time[0].date()}-{len(time)}-{dask.base.tokenize(keys[sl], lat[sl], lon[sl], igbp[sl], kop[sl])}")
+        d = dask.delayed(_site_block, pure=True)(lat[sl], lon[sl], igbp[sl], kop[sl], time, keys[sl], seed, names)
         parts.append(da.from_delayed(d, shape=(len(names), sl.stop - sl.start, len(time)), dtype=np.float32))
     stacked = da.concatenate(parts, axis=1)
     data = {k: stacked[i].rechunk((site_chunk, STORE_CHUNKS["time"])) for i, k in enumerate(names)}
@@ -730,29 +740,20 @@ def twin_grid(lat, lon, time, seed=0, *, igbp=None, koppen=None, with_truth=True
         cl = co = int(chunks)
     cl, co = max(1, min(cl, len(lat))), max(1, min(co, len(lon)))
 
-    def block(i0, i1, j0, j1):
-        m = land[i0:i1, j0:j1]
-        res = np.full((len(names), len(time), i1 - i0, j1 - j0), np.nan, dtype=np.float32)
-        if m.any():
-            sel = lambda a: a[i0:i1, j0:j1][m]  # noqa: E731
-            out = simulate(sel(glat), sel(glon), sel(igbp), sel(koppen), time, sel(keys), seed, with_truth=with_truth)
-            for v, k in enumerate(names):
-                res[v][:, m] = out[k].T
-        return res
-
     rows = []
     for i0 in range(0, len(lat), cl):
         i1 = min(i0 + cl, len(lat))
         row = []
         for j0 in range(0, len(lon), co):
             j1 = min(j0 + co, len(lon))
-            tok = dask.base.tokenize(seed, time[0], len(time), with_truth, keys[i0:i1, j0:j1], igbp[i0:i1, j0:j1], koppen[i0:i1, j0:j1])
-            d = dask.delayed(block, pure=True)(i0, i1, j0, j1, dask_key_name=f"twin-grid-{tok}")
+            b = (slice(i0, i1), slice(j0, j1))
+            d = dask.delayed(_grid_block, pure=True)(glat[b], glon[b], igbp[b], koppen[b], keys[b], land[b],
+                                                     time, seed, with_truth, names)
             row.append(da.from_delayed(d, shape=(len(names), len(time), i1 - i0, j1 - j0), dtype=np.float32))
         rows.append(row)
     stacked = da.concatenate([da.concatenate(r, axis=3) for r in rows], axis=2)
     ds = xr.Dataset(
-        {k: (("time", "lat", "lon"), stacked[v], {"units": UNITS[k]}) for v, k in enumerate(names)},
+        {k: (("time", "lat", "lon"), stacked[v], _grid_attrs(k)) for v, k in enumerate(names)},
         coords={
             "time": time.values.astype("datetime64[ns]"),
             "lat": ("lat", lat, {"standard_name": "latitude", "units": "degrees_north", "axis": "Y"}),
@@ -761,11 +762,21 @@ def twin_grid(lat, lon, time, seed=0, *, igbp=None, koppen=None, with_truth=True
             "koppen": (("lat", "lon"), koppen.astype(np.int16), {"long_name": "Koppen-Geiger main class 1..5 = A..E, 0 unknown"}),
         },
     )
-    for k in TRUTH_VARS:
-        if k in ds:
-            ds[k].attrs["long_name"] = f"true (noise-free) {k[:-5]} of the synthetic twin, carbon basis"
     ds.attrs.update(source="cbgrid synthetic twin", twin_seed=int(seed))
+    log.info("twin grid: %d x %d cells (%d land) x %d days in %d x %d chunks, seed %d",
+             len(lat), len(lon), int(land.sum()), len(time), cl, co, seed)
     return ds
+
+
+def _grid_attrs(name: str) -> dict:
+    """Variable attributes on the grid: the catalog's for drivers, our own for the truth."""
+    if name in TRUTH_VARS:
+        flux = name[: -len("_true")]
+        return {"units": UNITS[name], "long_name": f"true (noise-free) {flux} of the synthetic twin, carbon basis",
+                "comment": "NEE = RECO - GPP, positive to the atmosphere"}
+    from cbgrid.schema import variable_attrs
+
+    return variable_attrs(name)
 
 
 def _regular(lat, lon) -> bool:
