@@ -72,6 +72,7 @@ IGBP_CODES = ("WAT", "ENF", "EBF", "DNF", "DBF", "MF", "CSH", "OSH", "WSA",
               "SAV", "GRA", "WET", "CRO", "URB", "CVM", "SNO", "BSV")
 KOPPEN_CODES = ("A", "B", "C", "D", "E")  # code = index + 1; 0 unknown
 
+_EPOCH = pd.Timestamp("1970-01-01")  # day numbers count from here
 MODIS_START = pd.Timestamp("2000-02-24")
 #: Recursions start this many days before the requested start (see module docstring). The
 #: soil bucket contracts by >= 2 % a day, so 730 days shrink any initial difference below
@@ -334,7 +335,7 @@ def _f_water(w_rel, igbp):
 def _process(lat_rad, igbp, kop, keys, seed, c, days):
     """The process model over absolute ``days`` (spin-up included); float64 fields (n, T)."""
     n = lat_rad.size
-    cal = pd.Timestamp("1970-01-01") + pd.to_timedelta(days, unit="D")
+    cal = _EPOCH + pd.to_timedelta(days, unit="D")
     doy = np.asarray(cal.day_of_year, dtype=np.float64)
     # --- temperature -------------------------------------------------------------------------
     t_anom = _ar1(_normal(seed, keys, days, _S_TANOM), T_PHI) * c["t_sd"][:, None]
@@ -416,8 +417,8 @@ def _basal_respiration(lat_rad, igbp, kop, keys, seed, c):
     """Basal heterotrophic rate so that, over the fixed reference period, heterotrophic RECO
     equals r_het x GPP of the same location. The reference run depends only on (seed, key), not
     on the requested period, so every request sees the same rate."""
-    d0 = (REFERENCE_PERIOD[0] - pd.Timestamp("1970-01-01")).days
-    d1 = (REFERENCE_PERIOD[1] - pd.Timestamp("1970-01-01")).days
+    d0 = (REFERENCE_PERIOD[0] - _EPOCH).days
+    d1 = (REFERENCE_PERIOD[1] - _EPOCH).days
     days = np.arange(d0 - SPINUP_DAYS, d1 + 1, dtype=np.int64)
     f = _process(lat_rad, igbp, kop, keys, seed, c, days)
     s = slice(SPINUP_DAYS, None)
@@ -440,27 +441,30 @@ def simulate(lat, lon, igbp, koppen, time, keys, seed=0, *, with_truth=False) ->
     time = pd.DatetimeIndex(time)
     n, nt = lat.size, len(time)
     if not (igbp.size == kop.size == keys.size == lon.size == n):
-        raise ValueError(f"lat, lon, igbp, koppen, keys must have equal length; got {lat.size}, {lon.size}, {igbp.size}, {kop.size}, {keys.size}")
+        raise ValueError(
+            "lat, lon, igbp, koppen, keys must have equal length; "
+            f"got {lat.size}, {lon.size}, {igbp.size}, {kop.size}, {keys.size}"
+        )
     names = DRIVER_VARS + TARGET_VARS + (TRUTH_VARS if with_truth else ())
     if n == 0 or nt == 0:
         return {k: np.zeros((n, nt), np.float32) for k in names}
     if nt > 1 and (np.diff(time.values).astype("timedelta64[D]").astype(np.int64) != 1).any():
         raise ValueError("time must be consecutive days")
 
-    day0 = int((time[0].normalize() - pd.Timestamp("1970-01-01")).days)
+    day0 = int((time[0].normalize() - _EPOCH).days)
     days = np.arange(day0 - SPINUP_DAYS, day0 + nt, dtype=np.int64)  # absolute day numbers
     lat_rad = np.deg2rad(lat)
     c = _climate(lat, igbp, kop, keys, seed)
     f = _process(lat_rad, igbp, kop, keys, seed, c, days)
     r_base = _basal_respiration(lat_rad, igbp, kop, keys, seed, c)
-    t_c, precip, rs, albedo, et_mm, lai, td_c, w_rel = (f[k] for k in ("t_c", "precip", "rs", "albedo", "et_mm", "lai", "td_c", "w_rel"))
-    fc, snow_vis, cloud, gpp = f["fc"], f["snow_vis"], f["cloud"], f["gpp"]
+    t_c, precip, rs, albedo, et_mm = f["t_c"], f["precip"], f["rs"], f["albedo"], f["et_mm"]
+    lai, td_c, w_rel, fc, snow_vis, cloud, gpp = (f[k] for k in ("lai", "td_c", "w_rel", "fc", "snow_vis", "cloud", "gpp"))
     reco = r_base[:, None] * f["resp_unit"] + f["reco_auto"]
 
     # --- drop spin-up ----------------------------------------------------------------------------
     s = slice(SPINUP_DAYS, None)
     days_o = days[s]
-    doy_o = np.asarray((pd.Timestamp("1970-01-01") + pd.to_timedelta(days_o, unit="D")).day_of_year, dtype=np.float64)
+    doy_o = np.asarray((_EPOCH + pd.to_timedelta(days_o, unit="D")).day_of_year, dtype=np.float64)
     out: dict[str, np.ndarray] = {}
     f32 = np.float32
     out["temperature_2m"] = (t_c[:, s] + 273.15).astype(f32)
@@ -508,7 +512,7 @@ def _modis(seed, keys, lat_rad, c, days, doy, fc, snow_vis, cloud):
     missing = (
         (_uniform(seed, keys, days, _S_MISS) < MODIS_MISSING_FRACTION)
         | (sza > 85.0)
-        | (days < (MODIS_START - pd.Timestamp("1970-01-01")).days)[None, :]
+        | (days < (MODIS_START - _EPOCH).days)[None, :]
     )
     out = {}
     for b, name in enumerate(MODIS_BANDS):
@@ -536,7 +540,7 @@ def _observe(seed, keys, c, days, gpp_t, reco_t, nee_t):
     reco = reco_t * (1.0 + 0.08 * _normal(seed, keys, days, _S_RECO))
     gpp = reco - nee
     # record window inside the fixed nominal period
-    p0 = (RECORD_PERIOD[0] - pd.Timestamp("1970-01-01")).days
+    p0 = (RECORD_PERIOD[0] - _EPOCH).days
     plen = (RECORD_PERIOD[1] - RECORD_PERIOD[0]).days + 1
     rec_len = np.minimum(c["rec_len"], plen)
     rec_start = p0 + np.floor(c["rec_u"] * (plen - rec_len + 1))
@@ -631,11 +635,14 @@ def twin_sites(n_sites: int | None = None, seed: int = 0) -> pd.DataFrame:
 
 def _codes(sites: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
     """IGBP (0..16) and Köppen (1..5, 0 unknown) integer codes of a site table."""
-    ig = sites["igbp"].to_numpy()
-    kp = sites["koppen"].to_numpy()
-    igbp = np.array([IGBP_CODES.index(str(v).upper()) if not isinstance(v, (int, np.integer)) else int(v) for v in ig])
-    kop = np.array([KOPPEN_CODES.index(str(v).upper()) + 1 if str(v).upper() in KOPPEN_CODES else
-                    (int(v) if isinstance(v, (int, np.integer)) else 0) for v in kp])
+    def code(v, classes, first, unknown):
+        if isinstance(v, (int, np.integer)):
+            return int(v)
+        key = str(v).strip().upper()
+        return classes.index(key) + first if key in classes else unknown
+
+    igbp = np.array([code(v, IGBP_CODES, 0, 255) for v in sites["igbp"]], dtype=np.int64)
+    kop = np.array([code(v, KOPPEN_CODES, 1, 0) for v in sites["koppen"]], dtype=np.int64)
     return igbp, kop
 
 
@@ -694,7 +701,8 @@ def twin_store(sites: pd.DataFrame | None = None, start="2000-02-24", end="2024-
     ds = site_dataset(data, sites, time)
     ds.attrs.update(source="cbgrid synthetic twin", twin_seed=int(seed),
                     comment="drivers and fluxes generated by the cbgrid synthetic twin process model (docs/twin.md)")
-    log.info("twin store: %d sites x %d days (%s..%s), seed %d", len(sites), len(time), time[0].date(), time[-1].date(), seed)
+    log.info("twin store: %d sites x %d days (%s..%s), seed %d",
+             len(sites), len(time), time[0].date(), time[-1].date(), seed)
     return ds
 
 
