@@ -33,6 +33,9 @@ CLOUDY_STATES = [1, 5, 513]  # the fake's state_1km values whose bits 0-1 are 01
 
 @pytest.fixture
 def world(monkeypatch):
+    # xarray imports every backend (xee, and with it ee) on its first open; do it now, so xee
+    # keeps the real ee whatever the test order.
+    xr.backends.list_engines()
     w = World()
     monkeypatch.setitem(sys.modules, "ee", fake_ee.make_module(w))
     for var in E.PROJECT_ENV:
@@ -408,6 +411,22 @@ def test_open_grid_requests_and_values(fake_xee):
     assert bool(ds.temperature_2m.sel(time="2004-02-14").notnull().all())
 
 
+def test_open_grid_retries_a_rate_limited_open(fake_xee, monkeypatch):
+    opened = fake_ee.fake_open_dataset(fake_xee)
+    tries = []
+
+    def flaky(ic, **kw):
+        tries.append(ic.id)
+        if len(tries) == 1:
+            raise EEException("Too many concurrent aggregations.")
+        return opened(ic, **kw)
+
+    monkeypatch.setattr(xr, "open_dataset", flaky)
+    ds = E.open_grid(_recipe())
+    assert len(tries) == 5 and tries[0] == tries[1] and len(fake_xee.sleeps) == 1
+    assert set(ds.data_vars) == set(catalog.features("minimal"))
+
+
 def test_open_grid_rejects_other_sources_and_huge_chunks(fake_xee):
     with pytest.raises(ValueError, match="not 'earthengine'"):
         E.open_grid(_recipe().replace(drivers=_recipe().drivers.__class__(source="twin")))
@@ -585,7 +604,8 @@ def _grid_value(cid, band, day, lat, lon):
 
 def test_real_xee_opens_the_grid_end_to_end(real_ee, monkeypatch):
     """open_grid through the real xee 0.1.x backend and real ee client; EE answers recorded-style."""
-    pytest.importorskip("xee")
+    xee_ext = pytest.importorskip("xee.ext")
+    assert xee_ext.ee is real_ee
     pixel_requests = []
 
     def compute_value(obj):  # xee's one metadata request per collection

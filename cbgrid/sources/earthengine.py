@@ -573,8 +573,7 @@ def open_drivers(
         parts = []
         for source in SOURCES:
             ic = grid_collection(source, a, b, feature_set=feature_set, crs=crs, crs_transform=transform)
-            part = xr.open_dataset(
-                ic,
+            kwargs = dict(
                 engine="ee",
                 crs=crs,
                 crs_transform=transform,
@@ -582,6 +581,12 @@ def open_drivers(
                 io_chunks={"index": ct, "width": cx, "height": cy},
                 chunks={"time": ct, "y": cy, "x": cx},
                 getitem_kwargs={"max_retries": max_tries, "initial_delay": 1000},
+            )
+            # xee retries pixel requests itself; its metadata request on open is retried here.
+            part = call_with_retries(
+                lambda ic=ic, kwargs=kwargs: xr.open_dataset(ic, **kwargs),
+                what=f"opening {collection_id(source)} {a.date()}..{b.date()}",
+                max_tries=max_tries,
             )
             missing = sorted(set(names[source]) - set(part.data_vars))
             if missing:
