@@ -458,13 +458,12 @@ def merge_into_store(ds: xr.Dataset, path, *, overwrite: bool = False, progress:
         store.write_store(ds, path, progress=progress)
         return {"created": True, "sites_added": ds.sizes[schema.SITE], "variables_added": list(ds.data_vars)}
     cur = store.open_store(path)
-    have = set(cur[schema.SITE].values.tolist())
-    acquired = ds[schema.SITE].isin(list(have))
+    in_store = ds[schema.SITE].isin(cur[schema.SITE].values.tolist())
     new_vars = [v for v in ds.data_vars if v not in cur.data_vars]
     kept = [v for v in ds.data_vars if v in cur.data_vars]
     if new_vars:
         store.add_variables(ds[new_vars], path)
-    if kept and overwrite and bool(acquired.any()):
+    if kept and overwrite and bool(in_store.any()):
         import dask.array as da
 
         mask = cur[schema.SITE].isin(ds[schema.SITE].values).values[:, None]
@@ -474,10 +473,11 @@ def merge_into_store(ds: xr.Dataset, path, *, overwrite: bool = False, progress:
             {v: cur[v].copy(data=da.where(mask, sub[v].transpose(*schema.DIMS).data, cur[v].data)) for v in kept}
         ).compute()
         store.add_variables(merged, path, overwrite=True)
-    elif kept and bool(acquired.any()):
+    elif kept and bool(in_store.any()):
         log.warning("%s already has %s for its sites; kept (pass overwrite to replace)", path, ", ".join(kept))
-    added = store.append_sites(ds.sel({schema.SITE: ~acquired}), path) if bool((~acquired).any()) else []
-    return {"created": False, "sites_added": len(added), "variables_added": new_vars, "variables_replaced": kept if overwrite else []}
+    added = store.append_sites(ds.sel({schema.SITE: ~in_store}), path) if bool((~in_store).any()) else []
+    replaced = kept if overwrite and bool(in_store.any()) else []
+    return {"created": False, "sites_added": len(added), "variables_added": new_vars, "variables_replaced": replaced}
 
 
 # --------------------------------------------------------------------------- grids (xee)
