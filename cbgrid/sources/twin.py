@@ -105,8 +105,8 @@ SEASONAL_TROPICS = np.array([6, 7, 8, 9, 10, 12])
 ALB_VEG = np.array([0.06, 0.10, 0.13, 0.12, 0.16, 0.14, 0.17, 0.18, 0.17, 0.18, 0.20, 0.15, 0.20, 0.16, 0.18, 0.5, 0.25])
 
 # per Köppen code 1..5 (index 0 unused):   -    A      B      C      D      E
-KOP_T_OFFSET = np.array([0.0, 0.0, 2.0, 1.5, -2.5, -6.0])     # K added to latitude baseline
-KOP_AMP_PER_LAT = np.array([0.0, 0.05, 0.28, 0.18, 0.28, 0.22])  # K per degree |lat|
+KOP_T_OFFSET = np.array([0.0, 0.0, 2.0, 1.5, -2.5, -4.0])     # K added to latitude baseline
+KOP_AMP_PER_LAT = np.array([0.0, 0.05, 0.28, 0.18, 0.28, 0.25])  # K per degree |lat|
 KOP_P01 = np.array([0.0, 0.45, 0.08, 0.25, 0.25, 0.20])         # P(wet | dry yesterday)
 KOP_P11 = np.array([0.0, 0.75, 0.45, 0.60, 0.60, 0.60])         # P(wet | wet yesterday)
 KOP_AMOUNT = np.array([0.0, 12.0, 5.0, 6.5, 5.5, 3.0])          # mean wet-day amount [mm]
@@ -297,7 +297,7 @@ def _climate(lat, igbp, kop, keys, seed):
         tmean=tmean, amp=amp, hemi=hemi, ppeak=ppeak, pseason=pseason, amount=amount,
         wmax=wmax, cloud_clim=KOP_CLOUD[kop], soil_alb=soil_alb, theta_wp=theta_wp, theta_fc=theta_fc, wetfreq=wetfreq,
         p_annual=p_annual, topt=np.clip(tmean + 10.0, 15.0, 30.0),
-        t_sd=np.where(kop == 1, 1.0, 1.5 + 0.06 * alat),
+        t_sd=np.where(kop == 1, 1.0, 1.5 + 0.04 * alat),
         snow_precip=np.clip(p_annual / 300.0, 0.2, 1.0),
         track=_static(seed, keys, 10),
         r_het=R_HET * (0.75 + 0.6 * _static(seed, keys, 11)),
