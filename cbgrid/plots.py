@@ -119,7 +119,7 @@ def class_heatmap(table: pd.DataFrame, by: str, target: str, metric: str = "R2")
     n = t.pivot_table(index=by, columns="label", values="n_sites", sort=False)
     med = med.sort_index()
     n = n.reindex(index=med.index, columns=med.columns)
-    fig, ax = plt.subplots(figsize=(1.1 * med.shape[1] + 2.5, 0.42 * med.shape[0] + 2.2))
+    fig, ax = plt.subplots(figsize=(1.1 * med.shape[1] + 2.5, max(3.5, 0.55 * med.shape[0] + 2.4)))
     lo, hi = METRIC_LIMITS.get(metric, (np.nanmin(med.values), np.nanmax(med.values)))
     cmap = "RdYlBu" if metric == "R2" else "RdYlBu_r"
     im = ax.imshow(np.clip(med.values, lo, hi), cmap=cmap, vmin=lo, vmax=hi, aspect="auto")
