@@ -222,3 +222,5 @@ def test_twin_sites_extra_locations_from_rasters():
     assert not extra["igbp"].isin(["WAT", "SNO", "BSV"]).any()
     assert extra["koppen"].isin(list("ABCDE")).all()
     pd.testing.assert_frame_equal(more.iloc[: len(base)], base)
+    fewer = twin.twin_sites(len(base) + 2, seed=0)  # a smaller request is a prefix
+    pd.testing.assert_frame_equal(fewer, more.iloc[: len(base) + 2])

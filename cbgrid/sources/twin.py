@@ -589,31 +589,39 @@ def _stratified_subset(sites: pd.DataFrame, n: int, seed: int) -> pd.DataFrame:
 
 
 def _extra_sites(n_extra: int, seed: int) -> pd.DataFrame:
-    """n_extra land locations with real IGBP (MCD12C1) and Köppen (Beck), named TW-0001..."""
+    """n_extra land locations with real IGBP (MCD12C1) and Köppen (Beck), named TW-0001...
+
+    Candidates are drawn uniformly on the sphere in a fixed order and checked in that order,
+    so a smaller request gives a prefix of a larger one.
+    """
     from cbgrid import context
 
-    rows: list[pd.DataFrame] = []
-    have, batch = 0, 0
-    while have < n_extra:
+    key = np.array([seed], dtype=np.uint64)
+    lats, lons, igbps, kops = [], [], [], []
+    batch = 0
+    while len(lats) < n_extra:
         ctr = np.arange(batch * 4096, (batch + 1) * 4096)
-        k = np.array([seed], dtype=np.uint64)
-        lat = np.rad2deg(np.arcsin(2 * _uniform(seed, k, ctr, 990)[0] - 1))
-        lon = 360 * _uniform(seed, k, ctr, 991)[0] - 180
-        lat, lon = np.round(lat, 4), np.round(lon, 4)
+        lat = np.round(np.rad2deg(np.arcsin(2 * _uniform(seed, key, ctr, 990)[0] - 1)), 4)
+        lon = np.round(360 * _uniform(seed, key, ctr, 991)[0] - 180, 4)
         ig = np.asarray(context.igbp_at(lat, lon)).astype(int)
-        ok = (ig >= 1) & (ig <= 14) & (np.abs(lat) < 75)
-        lat, lon, ig = lat[ok], lon[ok], ig[ok]
-        lat, lon, ig = lat[: n_extra - have + 64], lon[: n_extra - have + 64], ig[: n_extra - have + 64]
-        kp = np.asarray(context.koppen_at(lat, lon)).astype(int)
-        ok = kp >= 1
-        rows.append(pd.DataFrame({"lat": lat[ok], "lon": lon[ok], "igbp": [IGBP_CODES[i] for i in ig[ok]],
-                                  "koppen": [KOPPEN_CODES[i - 1] for i in kp[ok]]}))
-        have += int(ok.sum())
+        land = (ig >= 1) & (ig <= 14) & (np.abs(lat) < 75)  # no water, snow/ice, barren, nodata
+        lat, lon, ig = lat[land], lon[land], ig[land]
+        i = 0
+        while i < lat.size and len(lats) < n_extra:
+            j = min(lat.size, i + max(32, n_extra - len(lats)))
+            kp = np.asarray(context.koppen_at(lat[i:j], lon[i:j])).astype(int)
+            for la, lo, g, k in zip(lat[i:j], lon[i:j], ig[i:j], kp):
+                if k >= 1 and len(lats) < n_extra:
+                    lats.append(la)
+                    lons.append(lo)
+                    igbps.append(IGBP_CODES[g])
+                    kops.append(KOPPEN_CODES[k - 1])
+            i = j
         batch += 1
-    df = pd.concat(rows, ignore_index=True).iloc[:n_extra]
-    df.insert(0, "site", [f"TW-{i + 1:04d}" for i in range(n_extra)])
-    df["network"] = "twin"
-    return df
+    return pd.DataFrame({
+        "site": [f"TW-{i + 1:04d}" for i in range(n_extra)],
+        "lat": lats, "lon": lons, "igbp": igbps, "koppen": kops, "network": "twin",
+    })
 
 
 def twin_sites(n_sites: int | None = None, seed: int = 0) -> pd.DataFrame:
