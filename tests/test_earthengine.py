@@ -427,11 +427,20 @@ def test_open_grid_retries_a_rate_limited_open(fake_xee, monkeypatch):
     assert set(ds.data_vars) == set(catalog.features("minimal"))
 
 
+def test_large_time_chunks_are_fetched_in_requests_under_the_limit(fake_xee):
+    lat = lon = 20.05 + 0.1 * np.arange(300)
+    ds = E.open_drivers(lat, lon, "2004-01-01", "2004-01-02", chunks={"time": 366, "lat": 300, "lon": 300})
+    io = [c[2]["io_chunks"] for c in fake_xee.calls if c[0] == "open_dataset"]
+    assert io and all(i == {"index": 61, "width": 300, "height": 300} for i in io)  # 366 days in 6 requests
+    assert 61 * 300 * 300 * 9 <= E.REQUEST_BYTE_LIMIT
+    assert ds.chunks["lat"] == (300,)
+
+
 def test_open_grid_rejects_other_sources_and_huge_chunks(fake_xee):
     with pytest.raises(ValueError, match="not 'earthengine'"):
         E.open_grid(_recipe().replace(drivers=_recipe().drivers.__class__(source="twin")))
     with pytest.raises(ValueError, match="per-request limit"):
-        E.open_drivers(np.arange(2000) * 0.1, np.arange(2000) * 0.1, "2004-01-01", "2004-01-02", chunks={"time": 400, "lat": 2000, "lon": 2000})
+        E.open_drivers(np.arange(2500) * 0.1, np.arange(2500) * 0.1, "2004-01-01", "2004-01-02", chunks={"lat": 2500, "lon": 2500})
     with pytest.raises(ValueError, match="regular"):
         E.grid_transform([0.0, 0.5, 1.5], [0.0, 0.5])
 

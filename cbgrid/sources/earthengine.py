@@ -548,18 +548,21 @@ def open_drivers(
     Returns dims (time, lat, lon): daily ``time`` over [start, end], ``lat`` ascending cell
     centres equal to ``lat``, ``lon`` equal to ``lon``; one float32 dask variable per feature of
     ``feature_set``, named and unitised as in the store. ``chunks`` (keys time, lat, lon;
-    default 32 days × 90 × 90 cells) are also xee's request tiles, each one computePixels
-    call per variable, retried by xee with backoff up to ``max_tries`` times. Each calendar year
-    is opened as its own collection so no request indexes deep into a long collection.
+    default 32 days × 90 × 90 cells) are the dask chunks; xee fetches each per variable in
+    computePixels requests of that tile and as many days as fit Earth Engine's 48 MB limit,
+    retried with backoff up to ``max_tries`` times. Each calendar year is opened as its own
+    collection so no request indexes deep into a long collection.
     """
     lat, lon = np.asarray(lat, dtype=float), np.asarray(lon, dtype=float)
     chunks = {"time": 32, "lat": 90, "lon": 90, **(chunks or {})}
     ct, cy, cx = int(chunks["time"]), min(int(chunks["lat"]), lat.size), min(int(chunks["lon"]), lon.size)
-    if ct * cy * cx * 9 > REQUEST_BYTE_LIMIT:  # float64 + mask byte per pixel, worst case
+    per_day = cy * cx * 9  # float64 + mask byte per pixel, the worst case Earth Engine counts
+    if per_day > REQUEST_BYTE_LIMIT:
         raise ValueError(
-            f"chunks {ct} days x {cy} x {cx} cells exceed Earth Engine's {REQUEST_BYTE_LIMIT // 2**20} MB "
-            "per-request limit; use fewer days or cells per chunk"
+            f"one day of a {cy} x {cx} cell chunk exceeds Earth Engine's {REQUEST_BYTE_LIMIT // 2**20} MB "
+            "per-request limit; use smaller lat/lon chunks"
         )
+    io_days = min(math.ceil(ct / math.ceil(ct * per_day / REQUEST_BYTE_LIMIT)), REQUEST_BYTE_LIMIT // per_day)
     import importlib.util
 
     if importlib.util.find_spec("xee") is None:
@@ -578,7 +581,7 @@ def open_drivers(
                 crs=crs,
                 crs_transform=transform,
                 shape_2d=shape_2d,
-                io_chunks={"index": ct, "width": cx, "height": cy},
+                io_chunks={"index": io_days, "width": cx, "height": cy},
                 chunks={"time": ct, "y": cy, "x": cx},
                 getitem_kwargs={"max_retries": max_tries, "initial_delay": 1000},
             )
