@@ -416,7 +416,8 @@ def quantile_table(frame: pd.DataFrame, by: Sequence[str] = KEYS, metrics: Seque
     out.insert(0, "n_sites", g.size())
     out = out.reset_index()
     order = {m: i for i, m in enumerate(metrics)}
-    return out.sort_values([*by, "metric"], key=lambda s: s.map(order) if s.name == "metric" else s, kind="stable").reset_index(drop=True)
+    out = out.sort_values([*by, "metric"], key=lambda s: s.map(order) if s.name == "metric" else s, kind="stable")
+    return out.reset_index(drop=True)
 
 
 def breakdown(frame: pd.DataFrame, by: str = "igbp", keys: Sequence[str] = KEYS) -> pd.DataFrame:
@@ -550,7 +551,8 @@ def markdown_table(df: pd.DataFrame, digits: int = 3) -> str:
     return "\n".join(lines)
 
 
-def published_format(table: pd.DataFrame, metrics: Sequence[str] = ("R2", "RMSE", "nMAE"), by: Sequence[str] = ()) -> pd.DataFrame:
+def published_format(table: pd.DataFrame, metrics: Sequence[str] = ("R2", "RMSE", "nMAE"),
+                     by: Sequence[str] = ()) -> pd.DataFrame:
     """The published table layout: one row per split, model, feature set (and ``by`` class);
     one column per target × metric reading ``median [p25, p75]``; ``n`` columns give the
     number of sites per target. ``table`` is a ``quantile_table`` or ``breakdown``."""

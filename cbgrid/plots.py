@@ -132,7 +132,8 @@ def class_heatmap(table: pd.DataFrame, by: str, target: str, metric: str = "R2")
     ax.set_yticks(range(med.shape[0]), med.index)
     ax.set_ylabel({"igbp": "IGBP class", "koppen": "Köppen class"}.get(by, by))
     fig.colorbar(im, ax=ax, label=f"median {METRIC_LABELS.get(metric, metric)}", shrink=0.8)
-    ax.set_title(f"{TARGET_LABELS.get(target, target)}: median {METRIC_LABELS.get(metric, metric)} per class across test sites", fontsize=10)
+    ax.set_title(f"{TARGET_LABELS.get(target, target)}: median {METRIC_LABELS.get(metric, metric)} per class "
+                 "across test sites", fontsize=10)
     fig.tight_layout()
     return fig
 
@@ -214,7 +215,8 @@ def timeseries(store: xr.Dataset, predictions: xr.Dataset, site: str, scores: xr
         title = TARGET_LABELS.get(target, target)
         if scores is not None and site in scores["site"].values:
             sc = scores["score"].sel(site=site, target=target)
-            title += "   " + "   ".join(f"{m.replace('R2', 'R²')} = {float(sc.sel(metric=m)):.2f}" for m in ("R2", "RMSE", "nMAE") if m in sc["metric"].values)
+            shown = [m for m in ("R2", "RMSE", "nMAE") if m in sc["metric"].values]
+            title += "   " + "   ".join(f"{m.replace('R2', 'R²')} = {float(sc.sel(metric=m)):.2f}" for m in shown)
         ax.set_title(title, fontsize=10, loc="left")
         ax.set_ylabel(schema.TARGET_UNITS)
         ax.grid(alpha=0.3)

@@ -202,7 +202,8 @@ def score_runs(runs: list[Run], min_days: int) -> list[Experiment]:
             stores[store_path] = open_store(store_path)
         store = stores[store_path]
         if key[1] != "unknown" and "split" in split and set(split["split"]) != {key[1]}:
-            log.warning("%s: predictions say split %r but %s holds %s", "/".join(key), key[1], split_path, sorted(set(split["split"])))
+            log.warning("%s: predictions say split %r but %s holds %s",
+                        "/".join(key), key[1], split_path, sorted(set(split["split"])))
         preds = [m.predictions for m in members]
         ens = ev.ensemble(preds)
         log.info("%s: scoring %s", "/".join(key), f"the mean of {len(preds)} runs" if len(preds) > 1 else "1 run")
@@ -305,17 +306,15 @@ def cmd_evaluate(args) -> int:
     md = ev.published_format(summary.assign(model=_with_source(summary)))
     written += _write_table(summary, out, "summary", "Zero-shot scores: median [25th, 75th percentile] across test sites", md)
 
-    for by in ("igbp", "koppen"):
+    breakdowns = {}
+    for by, label in (("igbp", "IGBP"), ("koppen", "Köppen")):
         b = ev.breakdown(mine, by, keys=keys)
         if pub_all is not None:
             b = pd.concat([b, ev.breakdown(pub_all, by, keys=keys)], ignore_index=True)
-        label = {"igbp": "IGBP", "koppen": "Köppen"}[by]
+        breakdowns[by] = b
         bmd = ev.published_format(b.assign(model=_with_source(b)), by=[by])
-        written += _write_table(b, out, f"breakdown_{by}", f"Scores per {label} class: site count and quantiles across sites", bmd)
-        if by == "igbp":
-            breakdown_igbp = b
-        else:
-            breakdown_koppen = b
+        written += _write_table(b, out, f"breakdown_{by}",
+                                f"Scores per {label} class: site count and quantiles across sites", bmd)
 
     rank = ev.ranking(summary.assign(model=_with_source(summary)))
     rank_md = rank.assign(target=rank["target"].map(lambda t: ev.TARGET_LABELS.get(t, t)))
@@ -344,7 +343,7 @@ def cmd_evaluate(args) -> int:
     figures = []
     if not args.no_plots:
         figures = _plots(args, out, experiments, pd.concat([mine, pub_all]) if pub_all is not None else mine,
-                         breakdown_igbp, breakdown_koppen)
+                         breakdowns["igbp"], breakdowns["koppen"])
     _write_index(out, experiments, summary, md, bad, pub_all, written, figures, args.min_days)
     print(f"Zero-shot scores ({ev.QC_RULE_TEXT}; sites with < {args.min_days} such days not scored)\n")
     print(ev.markdown_table(md))
@@ -370,7 +369,8 @@ def _published(frames):
         if any(s != common for s in scored):
             log.warning("%s: experiments scored different sites; published baselines are shown on the %d "
                         "(target, site) pairs all of them scored", split, len(common))
-        pub = ev.published_comparison(group[0])
+        feature_sets = dict.fromkeys(f["feature_set"].iloc[0] for f in group)
+        pub = pd.concat([ev.published_comparison(group[0], fs) for fs in feature_sets]).drop_duplicates()
         keep = [(t, s) in common for t, s in zip(pub["target"], pub["site"])]
         pub = pub[keep]
         n = pub["site"].nunique()
@@ -453,7 +453,8 @@ def _write_index(out, experiments, summary, md, bad, pub_all, written, figures, 
                               for k, v in counts.items()) + ". Per-site values side by side: per_site_vs_published.csv."]
     if len(bad):
         reasons = bad.groupby("reason")["site"].nunique()
-        lines += ["", "## Not scored", ""] + [f"- {r}: {n} site(s)" for r, n in reasons.items()] + ["", "Details: excluded_sites.csv"]
+        lines += ["", "## Not scored", ""] + [f"- {r}: {n} site(s)" for r, n in reasons.items()]
+        lines += ["", "Details: excluded_sites.csv"]
     lines += ["", "## Files", ""] + [f"- [{w}]({w})" for w in written]
     if figures:
         lines += ["", "## Figures", ""] + [f"![{f}]({f})" for f in figures]
