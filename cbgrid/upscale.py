@@ -66,14 +66,29 @@ def _fill_nearest(codes: np.ndarray, need: np.ndarray, missing: int = 0) -> np.n
     return out
 
 
-@functools.lru_cache(maxsize=4)
-def _grid_context_cached(lat_key: bytes, lon_key: bytes) -> xr.Dataset:
+def _cache_dir() -> Path:
+    """Where computed grid contexts are kept: $CBGRID_CACHE, else ~/.cache/cbgrid."""
+    return Path(os.environ.get("CBGRID_CACHE") or Path.home() / ".cache" / "cbgrid")
+
+
+def _context_key(lat: np.ndarray, lon: np.ndarray) -> str:
+    """A name for a grid's context that changes with the grid and with the raster files."""
+    import hashlib
+
+    from cbgrid import catalog, context
+
+    h = hashlib.sha1(lat.tobytes() + lon.tobytes())
+    for name in (context.IGBP_RASTER, context.KOPPEN_RASTER):
+        st = Path(catalog.raster_path(name)).stat()
+        h.update(f"{name}:{st.st_size}:{int(st.st_mtime)}".encode())
+    return f"context-{lat.size}x{lon.size}-{h.hexdigest()[:16]}.nc"
+
+
+def _compute_context(lat: np.ndarray, lon: np.ndarray) -> xr.Dataset:
     import dask
 
     from cbgrid import context
 
-    lat = np.frombuffer(lat_key, dtype=np.float64)
-    lon = np.frombuffer(lon_key, dtype=np.float64)
     igbp, land_fraction = context.igbp_on_grid(lat, lon)
     koppen = context.koppen_on_grid(lat, lon)
     igbp, land_fraction, koppen = dask.compute(igbp, land_fraction, koppen)
@@ -83,30 +98,53 @@ def _grid_context_cached(lat_key: bytes, lon_key: bytes) -> xr.Dataset:
     # Majority classes come from different rasters: a land cell whose Beck pixels are all
     # ocean (coasts, small islands) takes the class of the nearest cell that has one.
     kp = _fill_nearest(np.asarray(koppen.values).astype(np.int16), modelled)
-    ds = xr.Dataset(
+    return xr.Dataset(
         {
             "igbp": (("lat", "lon"), ig, {"long_name": "majority IGBP class (MCD12C1), -1 nodata"}),
             "koppen": (("lat", "lon"), kp, {"long_name": "majority Koppen main class 1..5, 0 none"}),
             "land_fraction": (("lat", "lon"), np.asarray(land_fraction.values, dtype=np.float32), {"units": "1"}),
             "cell_area": (("lat", "lon"), product.cell_area(lat, lon), {"units": "m2"}),
-            "modelled": (("lat", "lon"), modelled, {"long_name": "cell is predicted (land, not water or ice)"}),
+            "modelled": (("lat", "lon"), modelled.astype(np.int8), {"long_name": "cell is predicted (land, not water or ice)"}),
         },
         coords={"lat": lat, "lon": lon},
     )
-    log.info("grid context %dx%d: %d of %d cells modelled", lat.size, lon.size, int(modelled.sum()), modelled.size)
+
+
+@functools.lru_cache(maxsize=4)
+def _grid_context_cached(lat_key: bytes, lon_key: bytes, use_disk: bool) -> xr.Dataset:
+    lat = np.frombuffer(lat_key, dtype=np.float64)
+    lon = np.frombuffer(lon_key, dtype=np.float64)
+    path = _cache_dir() / _context_key(lat, lon) if use_disk else None
+    if path is not None and path.exists():
+        ds = xr.load_dataset(path)
+        log.info("grid context %dx%d from %s", lat.size, lon.size, path)
+    else:
+        ds = _compute_context(lat, lon)
+        if path is not None:
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+                ds.to_netcdf(tmp)
+                os.replace(tmp, path)
+            except OSError as e:  # a read-only home is no reason to fail
+                log.warning("could not cache the grid context in %s: %s", path.parent, e)
+    ds["modelled"] = ds["modelled"].astype(bool)
+    log.info("grid context %dx%d: %d of %d cells modelled", lat.size, lon.size, int(ds["modelled"].sum()), ds["modelled"].size)
     return ds
 
 
-def grid_context(lat, lon) -> xr.Dataset:
+def grid_context(lat, lon, *, cache: bool = True) -> xr.Dataset:
     """IGBP and Köppen class, land fraction, cell area and the modelled-cell mask of a grid.
 
     IGBP is the majority MCD12C1 0.05° class in each cell, Köppen the majority Beck et al.
     class; cells whose majority is water (0) or permanent snow/ice (15) are not modelled.
-    Results are cached per grid for the life of the process.
+    Aggregating the rasters takes tens of seconds, so results are kept per grid and raster
+    version in ``$CBGRID_CACHE`` (default ``~/.cache/cbgrid``) unless ``cache=False``, and in
+    memory for the life of the process.
     """
     lat = np.ascontiguousarray(lat, dtype=np.float64)
     lon = np.ascontiguousarray(lon, dtype=np.float64)
-    return _grid_context_cached(lat.tobytes(), lon.tobytes())
+    return _grid_context_cached(lat.tobytes(), lon.tobytes(), bool(cache)).copy()
 
 
 # --------------------------------------------------------------------------------------------
@@ -136,9 +174,9 @@ def history_days(run) -> int:
     if getattr(run, "kind", "static") != "temporal":
         return 0
     cfg = getattr(run, "config", {}) or {}
-    for key in ("window", "W", "window_days"):
-        if isinstance(cfg, dict) and cfg.get(key):
-            return int(cfg[key])
+    for where in (cfg, cfg.get("train") or {}):
+        if where.get("window"):
+            return int(where["window"])
     return int(getattr(run, "window", None) or DEFAULT_WINDOW)
 
 
@@ -211,6 +249,8 @@ def predict_cells(ds: xr.Dataset, runs: Sequence, out_days: pd.DatetimeIndex) ->
 
 def _predict_block(drv, igbp, koppen, modelled, lat2d, lon2d, *, names, in_days, out_days, runs):
     """One spatial chunk: (var, time_in, y, x) drivers -> (channel, time_out, y, x) predictions."""
+    import dask
+
     _, nt_in, ny, nx = drv.shape
     out = np.full((len(CHANNELS), len(out_days), ny, nx), np.nan, dtype=np.float32)
     m = np.asarray(modelled, dtype=bool)
@@ -225,7 +265,9 @@ def _predict_block(drv, igbp, koppen, modelled, lat2d, lon2d, *, names, in_days,
     sub = m.copy()
     sub[m] = has_data
     ds = _site_block(cells, names, pd.DatetimeIndex(in_days), lat2d[sub], lon2d[sub], igbp[sub], koppen[sub])
-    pred = predict_cells(ds, runs, pd.DatetimeIndex(out_days))
+    # The block is in memory: any dask use inside predict runs inline, never back on the cluster.
+    with dask.config.set(scheduler="synchronous"):
+        pred = predict_cells(ds, runs, pd.DatetimeIndex(out_days))
     # A day with no driver value at all in a cell stays empty.
     first = len(in_days) - len(out_days)
     empty = ~np.isfinite(cells[:, first:, :]).any(axis=0)
@@ -396,13 +438,15 @@ def product_path(recipe, label: str) -> Path:
 
 def upscale(recipe, *, runs: Sequence | None = None, scores: pd.DataFrame | None = None, split: str | None = None,
             scheduler=None, progress: bool = True, quicklook: bool = True, institution: str = "unspecified",
-            overwrite: bool = True, context: xr.Dataset | None = None) -> dict:
+            overwrite: bool = True, context: xr.Dataset | None = None, drivers: xr.Dataset | None = None) -> dict:
     """Run a recipe: one CF-1.8 NetCDF per period piece, a scores CSV beside them, quicklooks.
 
     runs: run folders or loaded runs (default: the recipe's ``runs``). scores: per-site
     zero-shot scores of the product's ensemble (``cbgrid.evaluate.to_frame`` layout); by default
     they are computed from the runs' test-site predictions (:func:`zero_shot_scores`).
-    context: the grid context (default :func:`grid_context` of the recipe grid).
+    context: the grid context (default :func:`grid_context` of the recipe grid). drivers: an
+    already opened (time, lat, lon) driver Dataset on the recipe grid covering every output day
+    and the spin-up (default: opened from the recipe's source, piece by piece).
     Returns {'products': [paths], 'scores': csv path or None, 'quicklooks': [paths], 'diagnostics': {...}}.
     """
     runs = list(runs if runs is not None else recipe.runs)
@@ -411,10 +455,10 @@ def upscale(recipe, *, runs: Sequence | None = None, scores: pd.DataFrame | None
     out_dir = Path(recipe.output)
     out_dir.mkdir(parents=True, exist_ok=True)
     lat, lon = recipe.grid.lat, recipe.grid.lon
+    spin = max(history_days(r) for r in runs)  # loads the runs: a bad run folder fails here, early
     ctx = grid_context(lat, lon) if context is None else context
     if ctx.sizes["lat"] != lat.size or ctx.sizes["lon"] != lon.size:
         raise ValueError(f"the grid context is {ctx.sizes['lat']}x{ctx.sizes['lon']}; the recipe grid is {lat.size}x{lon.size}")
-    spin = max(history_days(r) for r in runs)
     if scores is None:
         scores, split = zero_shot_scores(runs)
     summary = score_summary(scores)
@@ -444,8 +488,15 @@ def upscale(recipe, *, runs: Sequence | None = None, scores: pd.DataFrame | None
             if path.exists() and not overwrite:
                 raise FileExistsError(f"{path} exists; remove it or allow overwriting")
             days_in = pd.date_range(days[0] - pd.Timedelta(days=spin), days[-1], freq="D")
-            drivers = open_drivers(recipe, days_in, ctx)
-            blocks = predict_blocks(drivers, runs, ctx, days, chunks=recipe.chunks)
+            if drivers is None:
+                piece = open_drivers(recipe, days_in, ctx)
+            else:
+                absent = days_in[~days_in.isin(drivers.indexes["time"])]
+                if len(absent):
+                    raise ValueError(f"the given drivers lack {len(absent)} day(s) needed for {label}, "
+                                     f"e.g. {absent[0].date()} (spin-up {spin} days)")
+                piece = drivers.sel(time=days_in)
+            blocks = predict_blocks(piece, runs, ctx, days, chunks=recipe.chunks)
             diags[label] = write_blocks(blocks, path, ctx=ctx, days=days, attrs=attrs, client=client, progress=progress)
             products.append(path)
             if quicklook:
@@ -527,31 +578,31 @@ def zero_shot_scores(runs: Sequence) -> tuple[pd.DataFrame | None, str | None]:
     Returns (None, None), with a warning, when a run carries no test-site predictions.
     """
     from cbgrid import evaluate
-
-    preds, stores, splits = [], set(), set()
-    for ref in runs:
-        run = resolve_run(ref)
-        p = getattr(run, "predictions", None)
-        if callable(p):
-            p = p()
-        cfg = getattr(run, "config", {}) or {}
-        if p is None or not cfg.get("store") or not cfg.get("split"):
-            log.warning("run %s has no test-site predictions with a store and split; the product carries no "
-                        "zero-shot scores", ref)
-            return None, None
-        preds.append(p)
-        stores.add(str(cfg["store"]))
-        splits.add(str(cfg["split"]))
-    if len(stores) > 1 or len(splits) > 1:
-        log.warning("the runs were trained on different stores/splits (%s, %s); scoring against the first",
-                    sorted(stores), sorted(splits))
-    from cbgrid.splits import read_split
     from cbgrid.store import open_store
 
-    split_df = read_split(sorted(splits)[0])
+    preds, stores, splits = [], [], []
+    for ref in runs:
+        run = resolve_run(ref)
+        cfg = getattr(run, "config", {}) or {}
+        pred, split, store = getattr(run, "predictions", None), getattr(run, "split", None), cfg.get("store")
+        if pred is None or split is None or not store or not Path(store).exists():
+            log.warning("run %s lacks test-site predictions, its split or its store (%r); the product carries no "
+                        "zero-shot scores", ref, store)
+            return None, None
+        preds.append(pred)
+        stores.append(str(Path(store).resolve()))
+        splits.append(split)
+    if len(set(stores)) > 1:
+        raise ValueError(f"the runs were trained on different stores {sorted(set(stores))}; an ensemble's "
+                         "zero-shot score needs one store")
+    test = [set(s.loc[s["set"] == "test", "site"].astype(str)) for s in splits]
+    if any(t != test[0] for t in test[1:]):
+        raise ValueError("the runs were tested on different sites (different splits); an ensemble's zero-shot "
+                         "score needs one split")
+    split_df = splits[0]
     ens = evaluate.ensemble(preds)
-    scores = evaluate.evaluate(ens, open_store(sorted(stores)[0]), split_df)
-    name = str(split_df["split"].iloc[0]) if "split" in split_df else scores.attrs.get("split")
-    if "seed" in split_df:
+    scores = evaluate.evaluate(ens, open_store(stores[0]), split_df)
+    name = str(split_df["split"].iloc[0]) if "split" in split_df else str(scores.attrs.get("split"))
+    if "seed" in split_df and pd.notna(split_df["seed"].iloc[0]):
         name = f"{name} (seed {int(split_df['seed'].iloc[0])})"
     return evaluate.to_frame(scores), name

@@ -38,6 +38,15 @@ class LightResponse:
         return xr.Dataset({"prediction": pred, "prediction_std": (self.spread * abs(pred)).astype(np.float32)})
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _context_cache(tmp_path_factory):
+    """Grid contexts computed by these tests are cached in a temporary folder, not the home."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("CBGRID_CACHE", str(tmp_path_factory.mktemp("cbgrid-cache")))
+    yield
+    mp.undo()
+
+
 def _context(g: Grid) -> xr.Dataset:
     """A deterministic stand-in for the raster context: ocean band, ice cap, land elsewhere."""
     lat, lon = g.lat, g.lon
@@ -187,6 +196,9 @@ def test_fill_nearest_gives_coastal_land_a_climate():
 def test_grid_context_from_the_real_rasters():
     g = Grid(5.0)
     ctx = upscale.grid_context(g.lat, g.lon)
+    upscale._grid_context_cached.cache_clear()
+    cached = upscale.grid_context(g.lat, g.lon)  # from the disk cache now
+    xr.testing.assert_identical(ctx, cached)
 
     def at(lat, lon, v):
         return int(ctx[v].sel(lat=lat, lon=lon, method="nearest"))
@@ -199,3 +211,71 @@ def test_grid_context_from_the_real_rasters():
     assert (ctx["koppen"].values[modelled] >= 1).all()
     land_area = float((ctx["land_fraction"] * ctx["cell_area"]).sum()) / 1e12
     assert 130 < land_area < 160  # Earth's land area is ~149 million km2
+
+
+# --------------------------------------------------------------------------------------------
+# The command line with real (tiny) trained runs
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_runs(tmp_path_factory):
+    """A tree run and a temporal run trained briefly on a small twin store."""
+    from cbgrid import splits, store, train
+    from cbgrid.sources import twin
+
+    root = tmp_path_factory.mktemp("runs")
+    st = root / "twin.zarr"
+    store.write_store(twin.twin_store(n_sites=24, start="2019-06-01", end="2020-08-31", seed=0), st, progress=False)
+    ds = store.open_store(st)
+    split = splits.make_split(ds, by="koppen", seed=0)
+    fast = {"xgboost": {"seeds": 1, "hparams": {"n_estimators": 20, "max_depth": 4}},
+            "ctlstm": {"seeds": 2, "max_epochs": 1, "hparams": {"hidden": 16}}}
+    paths = []
+    for model, kw in fast.items():
+        train.fit(ds, split, train.TrainConfig(model=model, threads=2, **kw), out=root / model)
+        paths.append(root / model)
+    return paths
+
+
+def test_cli_upscale_names_a_missing_run(tmp_path, capsys):
+    from cbgrid.cli import main
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("name: x\ndrivers: {source: twin}\ngrid: {resolution: 10}\n"
+                      "period: {start: 2020-07-01, end: 2020-07-01}\nruns: [nope]\noutput: out\n")
+    assert main(["-q", "upscale", str(recipe), "--runs", str(tmp_path / "nope")]) == 2
+    assert "is not a cbgrid run" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_cli_upscale_with_trained_runs(tmp_path, tiny_runs, capsys):
+    import netCDF4
+
+    from cbgrid.cli import main
+
+    g = Grid(10.0)
+    # a stand-in context in the cache keeps the rasters out of this fast test
+    cache = upscale._cache_dir() / upscale._context_key(g.lat, g.lon)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    _context(g).assign(modelled=lambda d: d["modelled"].astype(np.int8)).to_netcdf(cache)
+    upscale._grid_context_cached.cache_clear()
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(
+        "name: tiny\ndrivers: {source: twin, seed: 3}\ngrid: {resolution: 10}\n"
+        "period: {start: 2020-07-01, end: 2020-07-03}\n"
+        f"runs: [{tiny_runs[0]}, {tiny_runs[1]}]\noutput: {tmp_path / 'out'}\nchunks: {{lat: 9, lon: 18}}\n"
+    )
+    assert main(["-q", "upscale", str(recipe), "--truth"]) == 0
+    out = capsys.readouterr().out
+    path = tmp_path / "out" / "tiny_2020-07.nc"
+    assert str(path) in out and "against the twin's true fluxes" in out
+    assert product.check_product(path) == []
+    with netCDF4.Dataset(path) as nc:
+        assert nc.spin_up_days == 30 and "xgboost" in nc.runs and "ctlstm" in nc.runs
+        assert -1 <= nc.zero_shot_GPP_R2_median <= 1 and "koppen" in nc.zero_shot_split
+    ds = product.open_product(path)
+    modelled = _context(g)["modelled"].values
+    assert ds["GPP"].notnull().values[:, modelled].all() and float(ds["GPP_sd"].max()) > 0
+    assert sorted(p.suffix for p in (tmp_path / "out").iterdir()).count(".png") == 6
+    assert (tmp_path / "out" / "tiny_scores.csv").exists()
