@@ -270,6 +270,7 @@ def test_project_from_argument_then_environment(world, monkeypatch):
     monkeypatch.setenv("EARTHENGINE_PROJECT", "ee-proj")
     assert E.initialize() == "ee-proj"
     assert E.initialize("cli-proj") == "cli-proj"
+    assert E.initialize("cli-proj") == "cli-proj"  # already initialised for this project
     assert world.initialized_with == ["gcp-proj", "ee-proj", "cli-proj"]
 
 

@@ -112,6 +112,7 @@ def resolve_project(project: str | None = None) -> str | None:
 
 
 _init_lock = threading.Lock()
+_initialized: dict = {}
 
 
 def initialize(project: str | None = None) -> str | None:
@@ -123,6 +124,8 @@ def initialize(project: str | None = None) -> str | None:
     ee = _ee()
     project = resolve_project(project)
     with _init_lock:
+        if _initialized.get("project", ()) == project and ee.data.is_initialized():
+            return project  # e.g. upscaling opens one grid per month
         try:
             ee.Initialize(project=project)
         except ee.EEException as e:
@@ -136,6 +139,7 @@ def initialize(project: str | None = None) -> str | None:
             if "credentials" in f"{type(e).__name__} {e}".lower():
                 raise CredentialsError(f"{_AUTH_HELP} ({type(e).__name__})") from None
             raise
+        _initialized["project"] = project
     log.info("Earth Engine initialised (project %s)", project or "from credentials")
     return project
 
