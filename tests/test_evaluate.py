@@ -343,15 +343,31 @@ def test_cli_needs_store_and_split_when_the_run_does_not_say(twin_runs, tmp_path
     assert (excluded["reason"] == "too_few_qc_days").any()
 
 
+def test_cli_refuses_to_average_runs_tested_on_different_sites(twin_runs, tmp_path, capsys):
+    from cbgrid.cli import main
+
+    _, runs, split = twin_runs
+    other = tmp_path / "toy-9"
+    other.mkdir()
+    for name in ("predictions.nc", "config.json"):
+        (other / name).write_bytes((runs[0] / name).read_bytes())
+    first_test = split.index[split["set"] == "test"][0]
+    split.assign(set=split["set"].where(split.index != first_test, "train")).to_csv(other / "split.csv", index=False)
+    (other / "config.json").write_text((runs[0] / "config.json").read_text())
+    assert main(["evaluate", str(runs[0]), str(other), "--out", str(tmp_path / "r"), "--no-plots"]) == 2
+    assert "tested on different sites" in capsys.readouterr().err
+
+
 @pytest.mark.slow
 def test_cli_report_with_plots(twin_runs):
     from cbgrid.cli import main
 
-    root, runs, _ = twin_runs
+    root, runs, split = twin_runs
     out = root / "report-plots"
-    assert main(["evaluate", *map(str, runs), "--out", str(out)]) == 0
+    site = str(split.loc[split["set"] == "test", "site"].iloc[0])
+    assert main(["evaluate", *map(str, runs), "--out", str(out), "--sites", site]) == 0
     pngs = sorted(p.name for p in out.glob("*.png"))
     for kind in ("distribution_GPP", "heatmap_igbp_NEE", "heatmap_koppen_RECO", "map_R2_GPP"):
         assert f"{kind}.png" in pngs
-    assert sum(p.startswith("timeseries_toy") for p in pngs) >= 1
+    assert f"timeseries_toy_official-igbp_minimal_{site}.png" in pngs
     assert all((out / p).stat().st_size > 20_000 for p in pngs)
