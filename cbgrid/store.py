@@ -121,6 +121,9 @@ def open_store(path, *, validate: bool = True, chunks="auto") -> xr.Dataset:
         raise FileNotFoundError(f"no store at {path}")
     commit = _read_commit(path)
     ds = xr.open_zarr(str(path), consolidated=False, chunks={} if chunks == "auto" else chunks)
+    # xarray finds non-index coordinates through the data variables' `coordinates` attribute,
+    # which variables added later may lack: the schema, not that attribute, says what they are.
+    ds = ds.set_coords([c for c in schema.SITE_COORDS if c in ds.data_vars])
     uncommitted = [v for v in ds.data_vars if v not in commit["variables"]]
     ds = ds.drop_vars(uncommitted).isel({SITE: slice(0, commit["n_sites"])})
     ds[SITE] = ds[SITE].astype(object)

@@ -113,3 +113,12 @@ def test_summary_counts(small_ds):
     assert s["sites"] == 6 and s["days"] == 60
     assert s["site_days_observed"] == 360
     assert sum(s["qc"].values()) == 360 and s["qc"]["==1"] > 0
+
+
+def test_replacing_every_data_variable_keeps_site_coordinates(tmp_path, small_ds):
+    only = small_ds[["temperature_2m"]]
+    p = store.write_store(only, tmp_path / "s.zarr", progress=False)
+    store.add_variables(only + 1.0, p, overwrite=True)
+    ds = store.open_store(p)
+    assert set(schema.SITE_COORDS) <= set(ds.coords)
+    xr.testing.assert_allclose(ds["temperature_2m"].load(), only["temperature_2m"] + 1.0)
