@@ -12,7 +12,7 @@ import importlib
 import logging
 import sys
 
-_GROUPS = ("store", "acquire", "evaluate", "upscale")
+_GROUPS = ("store", "acquire", "evaluate", "train", "upscale")
 
 log = logging.getLogger("cbgrid")
 
