@@ -570,6 +570,18 @@ def compare_with_truth(prod, truth: xr.Dataset) -> pd.DataFrame:
 # --------------------------------------------------------------------------------------------
 
 
+def _run_store(run) -> Path | None:
+    """The store a run was trained on: its recorded path, relative to the run folder first."""
+    value = (getattr(run, "config", {}) or {}).get("store")
+    if not value:
+        return None
+    p = Path(value).expanduser()
+    base = getattr(run, "path", None)
+    if not p.is_absolute() and base is not None and (Path(base) / p).exists():
+        p = Path(base) / p
+    return p.resolve() if p.exists() else None
+
+
 def zero_shot_scores(runs: Sequence) -> tuple[pd.DataFrame | None, str | None]:
     """Per-site zero-shot scores of the runs' ensemble on their test sites, and the split name.
 
@@ -584,10 +596,10 @@ def zero_shot_scores(runs: Sequence) -> tuple[pd.DataFrame | None, str | None]:
     for ref in runs:
         run = resolve_run(ref)
         cfg = getattr(run, "config", {}) or {}
-        pred, split, store = getattr(run, "predictions", None), getattr(run, "split", None), cfg.get("store")
-        if pred is None or split is None or not store or not Path(store).exists():
+        pred, split, store = getattr(run, "predictions", None), getattr(run, "split", None), _run_store(run)
+        if pred is None or split is None or store is None:
             log.warning("run %s lacks test-site predictions, its split or its store (%r); the product carries no "
-                        "zero-shot scores", ref, store)
+                        "zero-shot scores", ref, (getattr(run, "config", {}) or {}).get("store"))
             return None, None
         preds.append(pred)
         stores.append(str(Path(store).resolve()))

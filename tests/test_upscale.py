@@ -279,3 +279,18 @@ def test_cli_upscale_with_trained_runs(tmp_path, tiny_runs, capsys):
     assert ds["GPP"].notnull().values[:, modelled].all() and float(ds["GPP_sd"].max()) > 0
     assert sorted(p.suffix for p in (tmp_path / "out").iterdir()).count(".png") == 6
     assert (tmp_path / "out" / "tiny_scores.csv").exists()
+
+
+@pytest.mark.slow
+def test_demo_quick_runs_the_whole_chain(tmp_path, capsys):
+    from cbgrid.cli import main
+
+    out = tmp_path / "demo"
+    assert main(["-q", "demo", "--quick", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    nc = out / "products" / "twin-5deg-2020-07_2020-07.nc"
+    assert product.check_product(nc) == []
+    assert (out / "report" / "report.md").exists() and (out / "products" / "truth_comparison.csv").exists()
+    table = pd.read_csv(out / "products" / "truth_comparison.csv")
+    assert list(table["variable"]) == ["GPP", "RECO", "NEE"] and table["R2"].notna().all()
+    assert str(nc) in printed and "against the twin's true fluxes" in printed
