@@ -35,8 +35,8 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from cbgrid import product, schema
-from cbgrid.schema import GPP, NEE, RECO, TARGETS
+from cbgrid import product
+from cbgrid.schema import TARGETS
 
 log = logging.getLogger(__name__)
 
@@ -242,7 +242,7 @@ def predict_cells(ds: xr.Dataset, runs: Sequence, out_days: pd.DatetimeIndex) ->
         else:
             s = np.zeros_like(m)
         means.append(m)
-        sds.append(np.nan_to_num(s, nan=0.0) if np.isfinite(m).all() else s)
+        sds.append(s)
     m, s = combine_members(means, sds)
     return np.concatenate([m, s]).astype(np.float32)
 
