@@ -23,6 +23,7 @@ context.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import itertools
@@ -74,7 +75,7 @@ class TrainConfig:
     context_windows: int = 8  # feature windows per sample for models that need site context
     device: str = "auto"
     hparams: dict = field(default_factory=dict)  # overrides of the published hyperparameters
-    threads: int | None = None  # tree threads (None: all cores)
+    threads: int | None = None  # CPU threads for torch and the trees (None: library defaults)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -502,8 +503,9 @@ def predictions_dataset(ds: xr.Dataset, mean: np.ndarray, std: np.ndarray, confi
     return out
 
 
-def load_run(path) -> Run:
-    """Load a run directory written by ``fit`` / ``cbgrid train``."""
+def load_run(path, device: str = "auto") -> Run:
+    """Load a run directory written by ``fit`` / ``cbgrid train`` onto ``device`` (default:
+    CUDA when available, else the CPU, whatever device the run was trained on)."""
     path = Path(path)
     cfg_path = path / "config.json"
     if not cfg_path.exists():
@@ -514,7 +516,7 @@ def load_run(path) -> Run:
     weights = Weights.from_dict(scaling["class_weights"])
     cfg = TrainConfig.from_dict(config["train"])
     spec = models.spec(config["model"])
-    device = resolve_device(cfg.device if cfg.device != "auto" else "auto")
+    device = resolve_device(device)
     members = []
     for seed in config["fitted_seeds"]:
         m = MEMBERS[spec.family](spec, len(config["features"]), config["hparams"], cfg, device, seed)
@@ -640,7 +642,8 @@ def fit(ds: xr.Dataset, split, cfg: TrainConfig, *, grid: dict | None = None, ou
     data = TrainingData.build(arrays, cfg.val_fraction)
     t_prep = time.perf_counter() - t0
     t0 = time.perf_counter()
-    members, fitted, curves = fit_members(data, cfg, hp, device=device, progress=progress)
+    with _torch_threads(cfg.threads):
+        members, fitted, curves = fit_members(data, cfg, hp, device=device, progress=progress)
     t_fit = time.perf_counter() - t0
 
     import torch
@@ -665,13 +668,31 @@ def fit(ds: xr.Dataset, split, cfg: TrainConfig, *, grid: dict | None = None, ou
         run.split = pd.DataFrame({"site": train_sites + test_sites, "set": ["train"] * len(train_sites) + ["test"] * len(test_sites)})
     t0 = time.perf_counter()
     if test_ds is not None:
-        run.predictions = run.predict(test_ds, progress=progress)
+        with _torch_threads(cfg.threads):
+            run.predictions = run.predict(test_ds, progress=progress)
     t_pred = time.perf_counter() - t0
     config["timings_s"] = {"read": round(t_read, 3), "prepare": round(t_prep, 3), "fit": round(t_fit, 3),
                            "predict": round(t_pred, 3), "total": round(time.perf_counter() - t_start, 3)}
     if out is not None:
         run.save(out, overwrite=overwrite)
     return run
+
+
+@contextlib.contextmanager
+def _torch_threads(n: int | None):
+    """Run with ``n`` torch CPU threads (on a busy machine one thread per process beats two
+    oversubscribed ones by a wide margin), then restore the previous setting."""
+    import torch
+
+    if not n:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(int(n))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def predict(run, ds: xr.Dataset, **kw) -> xr.Dataset:

@@ -210,3 +210,21 @@ def test_read_arrays_and_feature_check(small_ds):
     np.testing.assert_array_equal(a.igbp, small_ds["igbp"].values)
     assert list(a.sites) == [str(s) for s in small_ds.site.values]
     assert catalog.features("minimal")[:6] == catalog.era5_bands("minimal")
+
+
+@pytest.mark.parametrize("kind", ["temporal", "static"])
+def test_tensor_gather_equals_window_view_gather(kind):
+    """The GPU code path (index_select on tensors), run on the CPU, gives the same batches."""
+    a = _arrays()
+    p = Prepared.build(a, Scaler.fit(a), Weights.fit(a))
+    t = p.tensors("cpu")
+    idx = pipeline.window_index(a.observed) if kind == "temporal" else pipeline.day_index(a.observed)
+    view = Batches(t, idx, kind=kind, batch_size=7, method="view", context=3)
+    tens = Batches(t, idx, kind=kind, batch_size=7, method="tensor", context=3)
+    n = 0
+    for bv, bt in zip(view, tens):
+        assert bv.keys() == bt.keys()
+        for k in bv:
+            assert torch.equal(bv[k], bt[k]), k
+        n += 1
+    assert n == len(view) > 1

@@ -78,7 +78,7 @@ def split(twin_ds):
 
 def quick(model, **kw) -> train.TrainConfig:
     base = dict(model=model, seeds=1, max_epochs=12, patience=12, batch_size=256 if model == "mlp" else 32,
-                context_windows=4, hparams=QUICK.get(model, QUICK_NET))
+                context_windows=2, hparams=QUICK.get(model, QUICK_NET))
     return train.TrainConfig(**{**base, **kw})
 
 

@@ -28,7 +28,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "(without it: the published hyperparameters of the split, no search)")
     for name, typ in (("hidden", int), ("layers", int), ("dropout", float), ("lr", float)):
         p.add_argument(f"--{name}", type=typ, default=None, help=f"override the published {name}")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads for the trees (default: all)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch and the trees (default: the libraries' own)")
     p.add_argument("--out", required=True, type=Path, help="run directory to create (e.g. runs/ctlstm-koppen)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run (only once the new one is complete)")
     p.set_defaults(func=cmd_train)

@@ -70,8 +70,8 @@ class TreeModel:
         has_val = x_val is not None and len(x_val) > 0
         curves, self.boosters = [], []
         for k, target in enumerate(TARGETS):
-            val = (x_val, y_val[:, k], w_val) if has_val else None
-            booster, curve = fit(x, y[:, k], w, val, seed)
+            val = (x_val, np.ascontiguousarray(y_val[:, k]), w_val) if has_val else None
+            booster, curve = fit(x, np.ascontiguousarray(y[:, k]), w, val, seed)
             self.boosters.append(booster)
             curves.append(pd.DataFrame({"target": target, "iteration": np.arange(len(curve)), "val_rmse": curve}))
         return pd.concat(curves, ignore_index=True)
