@@ -394,7 +394,7 @@ def compliance(path, standard: str = "cf:1.8") -> dict:
         doc = json.loads(res.stdout)
     except json.JSONDecodeError as e:
         raise RuntimeError(f"compliance-checker gave no JSON report: {res.stderr.strip()[-500:]}") from e
-    rep = doc[standard.replace(":", ":")] if standard in doc else next(iter(doc.values()))
+    rep = doc[standard] if standard in doc else next(iter(doc.values()))
     out = {"errors": [], "warnings": []}
     for prio, key in (("high_priorities", "errors"), ("medium_priorities", "warnings"), ("low_priorities", "warnings")):
         for item in rep.get(prio, []):
