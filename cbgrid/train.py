@@ -259,7 +259,10 @@ class TreeMember:
         from cbgrid.models.trees import TreeModel
 
         self.spec, self.cfg, self.seed = spec, cfg, seed
-        hp = {k: v for k, v in hp.items() if k not in ("hidden", "dropout", "layers", "lr")}
+        hp = dict(hp)
+        if "lr" in hp:  # --lr means the learning rate for trees too
+            hp["learning_rate"] = hp.pop("lr")
+        hp = {k: v for k, v in hp.items() if k not in ("hidden", "dropout", "layers")}
         self.model = TreeModel(spec.name, hp, patience=cfg.patience, device=device, threads=cfg.threads)
 
     @property

@@ -226,3 +226,19 @@ def test_cli_train_and_predict(tmp_path, twin_path, split, capsys):
     assert rc == 2 and "exists" in capsys.readouterr().err
     rc = main(["-q", "train", "--store", str(twin_path), "--split", "koppen", "--model", "resnet", "--out", str(tmp_path / "x")])
     assert rc == 2 and "unknown model 'resnet'" in capsys.readouterr().err
+
+
+def test_cli_grid_search(tmp_path, twin_path):
+    grid = tmp_path / "grid.yaml"
+    grid.write_text("hidden: [4, 8]\nlr: [0.003]\n")
+    out = tmp_path / "run"
+    rc = main(["-q", "train", "--store", str(twin_path), "--model", "tiny_temporal", "--seeds", "1", "--max-epochs", "1",
+               "--grid", str(grid), "--out", str(out)])
+    assert rc == 0
+    cv = pd.read_csv(out / "cv.csv")
+    assert sorted(cv["hidden"].unique()) == [4, 8] and cv["fold"].nunique() == 5
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["grid"] == {"hidden": [4, 8], "lr": [0.003]} and cfg["hparams"]["hidden"] in (4, 8)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("- 1\n- 2\n")
+    assert main(["-q", "train", "--store", str(twin_path), "--model", "tiny_temporal", "--grid", str(bad), "--out", str(tmp_path / "b")]) == 2
