@@ -77,7 +77,7 @@ def split(twin_ds):
 
 
 def quick(model, **kw) -> train.TrainConfig:
-    base = dict(model=model, seeds=1, max_epochs=12, patience=12, batch_size=256 if model == "mlp" else 32,
+    base = dict(model=model, seeds=1, max_epochs=6, patience=6, batch_size=256 if model == "mlp" else 32,
                 context_windows=2, hparams=QUICK.get(model, QUICK_NET))
     return train.TrainConfig(**{**base, **kw})
 
@@ -130,7 +130,7 @@ def test_saved_run_reproduces_predictions(tmp_path, twin_ds, split):
     curves = pd.read_csv(out / "curves.csv")
     assert set(curves["seed"]) == {0, 1} and {"train_loss", "val_loss"} <= set(curves.columns)
     cfg = json.loads((out / "config.json").read_text())
-    assert cfg["catalog_version"] and cfg["features"][:1] == ["temperature_2m"] and cfg["train"]["patience"] == 12
+    assert cfg["catalog_version"] and cfg["features"][:1] == ["temperature_2m"] and cfg["train"]["patience"] == 6
 
 
 def test_tree_run_roundtrip_and_block_independence(tmp_path, twin_ds, split):
