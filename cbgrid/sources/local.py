@@ -193,8 +193,8 @@ def check_units(ds: xr.Dataset) -> xr.Dataset:
 def to_daily(ds: xr.Dataset) -> xr.Dataset:
     """Aggregate sub-daily fields to days (see the module docstring); daily files pass through."""
     t = ds.indexes["time"]
-    if len(t) < 2 or (np.diff(t.values).min() >= np.timedelta64(1, "D") and (t == t.normalize()).all()):
-        return ds.assign_coords(time=t.normalize())
+    if len(t) < 2 or np.diff(t.values).min() >= np.timedelta64(1, "D"):
+        return ds.assign_coords(time=t.normalize())  # daily already (stamped at any hour)
     out = {}
     for name, var in ds.data_vars.items():
         if name.endswith("_sum"):
