@@ -109,3 +109,11 @@ def test_grib_needs_cfgrib_or_reads_the_real_file():
         return
     with pytest.raises(ValueError, match="extra dimension|dimension"):
         local.open_local([str(SHARED_GRIB)])  # pressure levels x ensemble members: not a driver grid
+
+
+def test_daily_files_stamped_at_noon_stay_daily(tmp_path):
+    ds = _cds_file(res=30.0, days=3)
+    ds = ds.assign_coords(valid_time=ds.indexes["valid_time"] + local.pd.Timedelta(hours=12))
+    ds.to_netcdf(tmp_path / "noon.nc")
+    out = local.open_local([str(tmp_path / "noon.nc")], days=local.pd.date_range("2020-07-01", periods=3))
+    assert out.sizes["time"] == 3 and np.isfinite(out["total_precipitation_sum"].values).all()
