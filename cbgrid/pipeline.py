@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from cbgrid import catalog, schema
+from cbgrid import catalog
 from cbgrid.schema import IGBP_CLASSES, KOPPEN_CLASSES, QC, SITE, TARGETS, TIME
 
 log = logging.getLogger(__name__)

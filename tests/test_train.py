@@ -78,7 +78,7 @@ def split(twin_ds):
 
 def quick(model, **kw) -> train.TrainConfig:
     base = dict(model=model, seeds=1, max_epochs=6, patience=6, batch_size=256 if model == "mlp" else 32,
-                context_windows=2, hparams=QUICK.get(model, QUICK_NET))
+                context_windows=2, hparams=QUICK.get(model, QUICK_NET), device="cpu")
     return train.TrainConfig(**{**base, **kw})
 
 
@@ -119,7 +119,7 @@ def test_saved_run_reproduces_predictions(tmp_path, twin_ds, split):
     files = {p.name for p in out.iterdir()}
     assert {"config.json", "scaling.json", "members", "curves.csv", "split.csv", "predictions.nc"} <= files
     assert sorted(p.name for p in (out / "members").iterdir()) == ["seed-00.pt", "seed-01.pt"]
-    loaded = train.load_run(out)
+    loaded = train.load_run(out, device="cpu")
     assert loaded.model_name == "tamrl" and loaded.kind == "temporal" and loaded.config["seeds"] == [0, 1]
     again = loaded.predict(twin_ds.sel(site=splits.test_sites(split)))
     np.testing.assert_allclose(again["prediction"].values, run.predictions["prediction"].values, rtol=1e-5, atol=1e-5)
@@ -159,6 +159,17 @@ def test_cpu_training_is_deterministic(twin_ds, split):
     np.testing.assert_array_equal(a.predictions["prediction"].values, b.predictions["prediction"].values)
     c = train.fit(twin_ds, split, quick("ctlstm", max_epochs=2, first_seed=5))
     assert not np.array_equal(a.predictions["prediction"].values, c.predictions["prediction"].values)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("model", ["ctlstm", "tamrl", "mlp"])
+def test_cuda_run_matches_its_cpu_prediction(tmp_path, twin_ds, split, model):
+    """Trained on the GPU (batches gathered on the device), the saved run predicts the same on the CPU."""
+    run = train.fit(twin_ds, split, quick(model, device="cuda", max_epochs=2), out=tmp_path / "r")
+    assert run.config["device"] == "cuda"
+    test = twin_ds.sel(site=splits.test_sites(split))
+    on_cpu = train.load_run(tmp_path / "r", device="cpu").predict(test)["prediction"].values
+    np.testing.assert_allclose(on_cpu, run.predictions["prediction"].values, rtol=1e-3, atol=1e-3)
 
 
 def test_early_stopping_and_epoch_limit(twin_ds, split):
@@ -213,10 +224,10 @@ def test_cli_train_and_predict(tmp_path, twin_path, split, capsys):
     split_csv = splits.write_split(split, tmp_path / "split.csv")
     out = tmp_path / "runs" / "lstm"
     rc = main(["-q", "train", "--store", str(twin_path), "--split", str(split_csv), "--model", "lstm", "--seeds", "2",
-               "--max-epochs", "2", "--batch-size", "64", "--hidden", "16", "--out", str(out)])
+               "--max-epochs", "2", "--batch-size", "64", "--hidden", "16", "--device", "cpu", "--out", str(out)])
     assert rc == 0 and (out / "predictions.nc").exists()
     assert str(out) in capsys.readouterr().out
-    rc = main(["-q", "predict", str(out), "--store", str(twin_path), "--out", str(tmp_path / "p.nc")])
+    rc = main(["-q", "predict", str(out), "--store", str(twin_path), "--device", "cpu", "--out", str(tmp_path / "p.nc")])
     assert rc == 0
     a = xr.load_dataset(out / "predictions.nc")
     b = xr.load_dataset(tmp_path / "p.nc")

@@ -40,6 +40,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="the run's test sites that are in the store (default), or every site of the store")
     p.add_argument("--out", type=Path, default=None, help="NetCDF path (default: RUN/predictions-<store name>.nc)")
     p.add_argument("--block-sites", type=int, default=64, help="sites predicted per block (bounds memory)")
+    p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, ...")
     p.set_defaults(func=cmd_predict)
 
 
@@ -97,7 +98,7 @@ def cmd_predict(args) -> int:
     from cbgrid import store, train
     from cbgrid.schema import SITE
 
-    run = train.load_run(args.run)
+    run = train.load_run(args.run, device=args.device)
     ds = store.open_store(args.store)
     if args.sites == "test":
         if run.split is None or "set" not in run.split:
