@@ -280,6 +280,15 @@ def test_cli_upscale_with_trained_runs(tmp_path, tiny_runs, capsys):
     assert sorted(p.suffix for p in (tmp_path / "out").iterdir()).count(".png") == 6
     assert (tmp_path / "out" / "tiny_scores.csv").exists()
 
+    # the same recipe on a dask.distributed cluster of worker processes: runs load on the workers
+    distributed = pytest.importorskip("distributed")
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+        assert main(["-q", "upscale", str(recipe), "--scheduler", cluster.scheduler_address, "--no-quicklook",
+                     "--output", str(tmp_path / "out-cluster")]) == 0
+    remote = product.open_product(tmp_path / "out-cluster" / "tiny_2020-07.nc")
+    for v in ("GPP", "RECO", "NEE", "GPP_sd"):
+        np.testing.assert_allclose(remote[v].values, ds[v].values, rtol=1e-5, atol=1e-5, equal_nan=True)
+
 
 @pytest.mark.slow
 def test_demo_quick_runs_the_whole_chain(tmp_path, capsys):
