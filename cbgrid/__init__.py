@@ -11,15 +11,7 @@ try:
 except PackageNotFoundError:  # running from a source tree without installation
     __version__ = "0.0.0"
 
+from cbgrid.evaluation import evaluate  # noqa: E402
 from cbgrid.store import open_store  # noqa: E402
 
-__all__ = ["open_store", "__version__"]
-
-
-def __getattr__(name):
-    # Heavier stages are imported on first use so `import cbgrid` stays light.
-    if name == "evaluate":
-        from cbgrid.evaluate import evaluate
-
-        return evaluate
-    raise AttributeError(f"module 'cbgrid' has no attribute {name!r}")
+__all__ = ["evaluate", "open_store", "__version__"]

@@ -18,7 +18,7 @@ import pandas as pd
 import xarray as xr
 
 from cbgrid import schema
-from cbgrid.evaluate import TARGET_LABELS
+from cbgrid.evaluation import TARGET_LABELS
 
 log = logging.getLogger(__name__)
 

@@ -118,7 +118,7 @@ def score_attrs(summary: pd.DataFrame | None, split: str | None = None) -> dict:
     """Global attributes with the zero-shot scores: median and quartiles per target and metric.
 
     ``summary`` has one row per (target, metric) with columns target, metric, n_sites, p25,
-    p50, p75 (``cbgrid.evaluate.quantile_table``). Attributes are named
+    p50, p75 (``cbgrid.evaluation.quantile_table``). Attributes are named
     ``zero_shot_<GPP|RECO|NEE>_<R2|RMSE|nMAE>_<median|p25|p75>``.
     """
     if summary is None or len(summary) == 0:

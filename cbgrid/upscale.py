@@ -466,7 +466,7 @@ def score_summary(frame: pd.DataFrame | None) -> pd.DataFrame | None:
     """Median and quartiles across test sites per target and metric (R2, RMSE, nMAE)."""
     if frame is None or len(frame) == 0:
         return None
-    from cbgrid import evaluate
+    from cbgrid import evaluation as evaluate
 
     by = ["target"]
     return evaluate.quantile_table(frame, by=by, metrics=[m for m in ("R2", "RMSE", "nMAE") if m in frame])
@@ -483,7 +483,7 @@ def upscale(recipe, *, runs: Sequence | None = None, scores: pd.DataFrame | None
     """Run a recipe: one CF-1.8 NetCDF per period piece, a scores CSV beside them, quicklooks.
 
     runs: run folders or loaded runs (default: the recipe's ``runs``). scores: per-site
-    zero-shot scores of the product's ensemble (``cbgrid.evaluate.to_frame`` layout); by default
+    zero-shot scores of the product's ensemble (``cbgrid.evaluation.to_frame`` layout); by default
     they are computed from the runs' test-site predictions (:func:`zero_shot_scores`).
     context: the grid context (default :func:`grid_context` of the recipe grid). drivers: an
     already opened (time, lat, lon) driver Dataset on the recipe grid covering every output day
@@ -626,11 +626,11 @@ def _run_store(run) -> Path | None:
 def zero_shot_scores(runs: Sequence) -> tuple[pd.DataFrame | None, str | None]:
     """Per-site zero-shot scores of the runs' ensemble on their test sites, and the split name.
 
-    Averages the runs' test-site predictions (``cbgrid.evaluate.ensemble``) — the same ensemble
+    Averages the runs' test-site predictions (``cbgrid.evaluation.ensemble``) — the same ensemble
     the maps use — and scores them against the store and split the runs were trained with.
     Returns (None, None), with a warning, when a run carries no test-site predictions.
     """
-    from cbgrid import evaluate
+    from cbgrid import evaluation as evaluate
     from cbgrid.store import open_store
 
     preds, stores, splits = [], [], []

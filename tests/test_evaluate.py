@@ -12,7 +12,7 @@ import xarray as xr
 
 import cbgrid
 from cbgrid import catalog, schema
-from cbgrid import evaluate as ev
+from cbgrid import evaluation as ev
 from cbgrid.schema import GPP, NEE, QC, RECO, TARGETS
 
 
@@ -121,7 +121,7 @@ def test_edge_cases_give_nan_with_a_logged_reason(caplog):
     nee[2] = np.where(np.arange(200) % 2 == 0, 1.25, -1.25)  # site mean exactly zero
     store[NEE] = (("site", "time"), nee.astype(np.float32), store[NEE].attrs)
     pred = make_predictions(store, seed=8).drop_sel(site=[s[4]])  # site 4 never predicted
-    with caplog.at_level(logging.WARNING, logger="cbgrid.evaluate"):
+    with caplog.at_level(logging.WARNING, logger="cbgrid.evaluation"):
         scores = ev.evaluate(pred, store, all_test(store), min_days=30)
     sc = scores["score"]
     assert np.isnan(sc.sel(site=s[0], target=GPP, metric=["R2", "RAE"])).all()
@@ -231,7 +231,7 @@ def test_published_comparison_uses_the_same_sites():
 
 
 def test_package_level_call_survives_module_import():
-    import cbgrid.evaluate  # noqa: F401  (binds the package attribute to the module)
+    import cbgrid.evaluation  # noqa: F401  (must not rebind cbgrid.evaluate)
 
     store = make_store(n_sites=3, n_days=120)
     scores = cbgrid.evaluate(make_predictions(store), store, all_test(store))
@@ -243,7 +243,7 @@ def test_metric_code_imports_no_plotting_library():
     import subprocess
     import sys
 
-    code = "import sys, cbgrid.evaluate, cbgrid.cli.evaluate; print('matplotlib' in sys.modules)"
+    code = "import sys, cbgrid.evaluation, cbgrid.cli.evaluate; print('matplotlib' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 

@@ -13,7 +13,7 @@ import xarray as xr
 pytest.importorskip("matplotlib")
 
 from cbgrid import catalog, plots, schema  # noqa: E402
-from cbgrid import evaluate as ev  # noqa: E402
+from cbgrid import evaluation as ev  # noqa: E402
 from cbgrid.schema import GPP, QC, TARGETS  # noqa: E402
 
 

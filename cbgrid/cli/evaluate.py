@@ -24,7 +24,7 @@ SPLIT_KEYS = ("split_path", "split_file", "split_csv", "split")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from cbgrid.evaluate import MIN_QC_DAYS
+    from cbgrid.evaluation import MIN_QC_DAYS
 
     p = sub.add_parser(
         "evaluate",
@@ -187,7 +187,7 @@ class Experiment:
 def score_runs(runs: list[Run], min_days: int) -> list[Experiment]:
     import pandas as pd
 
-    from cbgrid import evaluate as ev
+    from cbgrid import evaluation as ev
     from cbgrid.store import open_store
 
     groups: dict[tuple, list[Run]] = {}
@@ -270,7 +270,7 @@ def combine(experiments: list[Experiment]):
 
 
 def _write_table(df, out: Path, name: str, title: str, md=None) -> list[str]:
-    from cbgrid.evaluate import markdown_table
+    from cbgrid.evaluation import markdown_table
 
     df.to_csv(out / f"{name}.csv", index=False)
     text = f"# {title}\n\n{markdown_table(md if md is not None else df)}\n"
@@ -282,7 +282,7 @@ def cmd_evaluate(args) -> int:
     import pandas as pd
     from tqdm.auto import tqdm
 
-    from cbgrid import evaluate as ev
+    from cbgrid import evaluation as ev
 
     runs = [load_run(r, args.store, args.split) for r in tqdm(args.runs, desc="reading runs", unit="run")]
     experiments = score_runs(runs, args.min_days)
@@ -357,7 +357,7 @@ def _published(frames):
     import pandas as pd
 
     from cbgrid import catalog
-    from cbgrid import evaluate as ev
+    from cbgrid import evaluation as ev
 
     out = []
     for split in dict.fromkeys(f["split"].iloc[0] for f in frames):
@@ -423,7 +423,7 @@ def _example_sites(scores, target) -> list[str]:
 
 
 def _write_index(out, experiments, summary, md, bad, pub_all, written, figures, min_days) -> None:
-    from cbgrid import evaluate as ev
+    from cbgrid import evaluation as ev
 
     lines = ["# Zero-shot evaluation report", ""]
     lines.append(

@@ -12,8 +12,6 @@ baselines beside a new model) are plain functions over those scores. No plotting
 from __future__ import annotations
 
 import logging
-import sys
-import types
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -568,14 +566,3 @@ def published_format(table: pd.DataFrame, metrics: Sequence[str] = ("R2", "RMSE"
     wide = wide[[c for c in order if c in wide]]
     out = wide.join(n).reset_index()
     return out.sort_values(index[:1] + list(by), kind="stable").reset_index(drop=True) if by else out
-
-
-class _CallableModule(types.ModuleType):
-    """Lets ``cbgrid.evaluate(...)`` call :func:`evaluate` even after ``import cbgrid.evaluate``
-    has bound the package attribute to this module."""
-
-    def __call__(self, *args, **kwargs):
-        return evaluate(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule
