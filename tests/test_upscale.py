@@ -290,13 +290,14 @@ def test_cli_upscale_with_trained_runs(tmp_path, tiny_runs, capsys):
         np.testing.assert_allclose(remote[v].values, ds[v].values, rtol=1e-5, atol=1e-5, equal_nan=True)
 
 
-@pytest.mark.slow
 def test_demo_quick_runs_the_whole_chain(tmp_path, capsys):
+    """The fast end-to-end path CI runs: twin store -> split -> train -> evaluate -> product."""
     from cbgrid.cli import main
 
     out = tmp_path / "demo"
     assert main(["-q", "demo", "--quick", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
+    assert "sites      24" in printed and "QC         [0,0.25)" in printed  # the store summary
     nc = out / "products" / "twin-5deg-2020-07_2020-07.nc"
     assert product.check_product(nc) == []
     assert (out / "report" / "report.md").exists() and (out / "products" / "truth_comparison.csv").exists()

@@ -139,6 +139,10 @@ def cmd_demo(args) -> int:
         store.write_store(twin.twin_store(n_sites=n_sites, start=cfg["start"], end=cfg["end"], seed=0), st,
                           overwrite=True, progress=not args.quiet)
     ds = store.open_store(st)
+    from cbgrid.cli.store import print_summary
+
+    print_summary(ds, st)
+    print()
     done("store")
 
     # 2. split --------------------------------------------------------------------------------
