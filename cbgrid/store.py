@@ -10,9 +10,6 @@ opens but is half written, and an interrupted append is simply redone.
 from __future__ import annotations
 
 import logging
-import os
-import shutil
-import uuid
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +18,7 @@ import xarray as xr
 import zarr
 
 from cbgrid import schema
+from cbgrid.atomic import replace_dir
 from cbgrid.schema import SITE, TIME, SchemaError
 
 log = logging.getLogger(__name__)
@@ -88,25 +86,11 @@ def write_store(ds: xr.Dataset, path, *, overwrite: bool = False, progress: bool
     """
     path = Path(path)
     schema.validate(ds)
-    if path.exists() and not overwrite:
-        raise FileExistsError(f"{path} exists; pass overwrite=True (--overwrite) to replace it")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
     ds = ds.chunk({SITE: schema.STORE_CHUNKS[SITE], TIME: schema.STORE_CHUNKS[TIME]})
-    try:
+    with replace_dir(path, overwrite=overwrite, hint="pass overwrite=True (--overwrite) to replace it") as tmp:
         delayed = ds.to_zarr(tmp, mode="w-", zarr_format=3, consolidated=False, compute=False, encoding=_encoding(ds))
         _compute(delayed, f"writing {path.name}", progress)
         _commit(tmp, ds.sizes[SITE], list(ds.data_vars))
-        if path.exists():
-            old = path.with_name(f".{path.name}.old-{uuid.uuid4().hex[:8]}")
-            os.replace(path, old)
-            os.replace(tmp, path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     log.info("wrote %s: %d sites x %d days, %d variables", path, ds.sizes[SITE], ds.sizes[TIME], len(ds.data_vars))
     return path
 

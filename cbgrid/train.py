@@ -30,10 +30,7 @@ import itertools
 import json
 import logging
 import math
-import os
-import shutil
 import time
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -42,6 +39,7 @@ import pandas as pd
 import xarray as xr
 
 from cbgrid import catalog, models, pipeline, schema
+from cbgrid.atomic import replace_dir
 from cbgrid.models import ModelSpec
 from cbgrid.pipeline import Prepared, Scaler, SiteArrays, Weights
 from cbgrid.schema import SITE, TARGETS, TIME
@@ -424,11 +422,7 @@ class Run:
     def save(self, out, *, overwrite: bool = False) -> Path:
         """Write the run directory atomically (beside, then renamed into place)."""
         out = Path(out)
-        if out.exists() and not overwrite:
-            raise FileExistsError(f"{out} exists; choose another --out or pass --overwrite")
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(f".{out.name}.tmp-{uuid.uuid4().hex[:8]}")
-        try:
+        with replace_dir(out, overwrite=overwrite, hint="choose another --out or pass --overwrite") as tmp:
             (tmp / "members").mkdir(parents=True)
             config = {**self.config, "run": out.name}
             (tmp / "config.json").write_text(json.dumps(config, indent=2, default=_json_default))
@@ -443,16 +437,6 @@ class Run:
             if self.predictions is not None:
                 pred = self.predictions.assign_attrs(run=out.name)
                 pred.to_netcdf(tmp / "predictions.nc", encoding=_nc_encoding(pred))
-            if out.exists():
-                old = out.with_name(f".{out.name}.old-{uuid.uuid4().hex[:8]}")
-                os.replace(out, old)
-                os.replace(tmp, out)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.replace(tmp, out)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
         self.path = out
         self.config["run"] = out.name
         if self.predictions is not None:
