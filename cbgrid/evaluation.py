@@ -244,7 +244,6 @@ def evaluate(
     unpredicted = [s for s in test if s not in pred_sites]
     if unpredicted:
         log.warning("%d of %d test sites have no prediction: %s", len(unpredicted), len(test), unpredicted[:10])
-    scored = [s for s in test if s in pred_sites]
 
     times = store.indexes[TIME].intersection(pred.indexes[TIME])
     if len(times) == 0:

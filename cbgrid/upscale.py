@@ -636,7 +636,6 @@ def zero_shot_scores(runs: Sequence) -> tuple[pd.DataFrame | None, str | None]:
     preds, stores, splits = [], [], []
     for ref in runs:
         run = resolve_run(ref)
-        cfg = getattr(run, "config", {}) or {}
         pred, split, store = getattr(run, "predictions", None), getattr(run, "split", None), _run_store(run)
         if pred is None or split is None or store is None:
             log.warning("run %s lacks test-site predictions, its split or its store (%r); the product carries no "

@@ -10,7 +10,6 @@ import pandas as pd
 import pytest
 import xarray as xr
 
-import cbgrid
 from cbgrid import catalog, schema
 from cbgrid import evaluation as ev
 from cbgrid.schema import GPP, NEE, QC, RECO, TARGETS
