@@ -76,7 +76,7 @@ def _model_labels(frame: pd.DataFrame) -> pd.Series:
 def metric_distributions(frame: pd.DataFrame, target: str, metrics: Sequence[str] = ("R2", "RMSE", "nMAE")):
     """Box plots of per-site scores per model for one target (one panel per metric).
 
-    ``frame`` is a per-site table (``evaluate.to_frame`` rows, optionally with published rows
+    ``frame`` is a per-site table (``evaluation.to_frame`` rows, optionally with published rows
     and a ``source`` column). Points beyond the axis limits are counted in the panel title.
     """
     plt = _plt()

@@ -466,10 +466,10 @@ def score_summary(frame: pd.DataFrame | None) -> pd.DataFrame | None:
     """Median and quartiles across test sites per target and metric (R2, RMSE, nMAE)."""
     if frame is None or len(frame) == 0:
         return None
-    from cbgrid import evaluation as evaluate
+    from cbgrid import evaluation
 
     by = ["target"]
-    return evaluate.quantile_table(frame, by=by, metrics=[m for m in ("R2", "RMSE", "nMAE") if m in frame])
+    return evaluation.quantile_table(frame, by=by, metrics=[m for m in ("R2", "RMSE", "nMAE") if m in frame])
 
 
 def product_path(recipe, label: str) -> Path:
@@ -630,7 +630,7 @@ def zero_shot_scores(runs: Sequence) -> tuple[pd.DataFrame | None, str | None]:
     the maps use — and scores them against the store and split the runs were trained with.
     Returns (None, None), with a warning, when a run carries no test-site predictions.
     """
-    from cbgrid import evaluation as evaluate
+    from cbgrid import evaluation
     from cbgrid.store import open_store
 
     preds, stores, splits = [], [], []
@@ -652,9 +652,9 @@ def zero_shot_scores(runs: Sequence) -> tuple[pd.DataFrame | None, str | None]:
         raise ValueError("the runs were tested on different sites (different splits); an ensemble's zero-shot "
                          "score needs one split")
     split_df = splits[0]
-    ens = evaluate.ensemble(preds)
-    scores = evaluate.evaluate(ens, open_store(stores[0]), split_df)
+    ens = evaluation.ensemble(preds)
+    scores = evaluation.evaluate(ens, open_store(stores[0]), split_df)
     name = str(split_df["split"].iloc[0]) if "split" in split_df else str(scores.attrs.get("split"))
     if "seed" in split_df and pd.notna(split_df["seed"].iloc[0]):
         name = f"{name} (seed {int(split_df['seed'].iloc[0])})"
-    return evaluate.to_frame(scores), name
+    return evaluation.to_frame(scores), name

@@ -29,6 +29,17 @@ def oneflux_file() -> Path:
     return ONEFLUX_DD
 
 
+@pytest.fixture(scope="module")
+def torch_one_thread():
+    """Tiny networks run fastest, and steadiest on a shared 2-core machine, on one thread."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def random_site_dataset(n_sites: int = 6, start="2010-01-01", days: int = 60, seed: int = 0):
     """A small schema-conformant store Dataset with random targets on catalog sites."""
     from cbgrid import catalog, schema

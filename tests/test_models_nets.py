@@ -13,13 +13,7 @@ N_FEATURES, N_STATIC, N_ONEHOT, WINDOW, HORIZON, K = 4, 2, 5, 30, 15, 3
 SMALL = dict(hidden=16, layers=2, dropout=0.1, nhead=2, latent=8)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny networks run fastest, and steadiest on a shared machine, on one thread."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 def build(name: str, seed: int = 0, **kw) -> torch.nn.Module:
