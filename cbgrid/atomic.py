@@ -1,4 +1,4 @@
-"""Write a directory beside its final path, then rename it into place.
+"""Write a directory or file beside its final path, then rename it into place.
 
 A crash or Ctrl-C leaves at most a hidden ``.NAME.tmp-*`` folder, never a half-written
 directory under the final name; an existing directory is swapped out only once the new one is
@@ -34,4 +34,18 @@ def replace_dir(path, *, overwrite: bool, hint: str = "pass overwrite=True") -> 
             os.replace(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+@contextmanager
+def replace_file(path) -> Iterator[Path]:
+    """Yield a temporary sibling of file ``path`` to write; on success it becomes ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
         raise

@@ -19,6 +19,7 @@ import pandas as pd
 import xarray as xr
 
 from cbgrid import catalog, schema
+from cbgrid.atomic import replace_file
 from cbgrid.schema import SchemaError
 
 log = logging.getLogger(__name__)
@@ -99,10 +100,8 @@ def write_split(df: pd.DataFrame, path) -> Path:
     """Write a split as CSV (columns site,split,seed,set,fold,igbp,koppen), atomically."""
     path = Path(path)
     check(df)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    df[COLUMNS].to_csv(tmp, index=False)
-    tmp.replace(path)
+    with replace_file(path) as tmp:
+        df[COLUMNS].to_csv(tmp, index=False)
     return path
 
 

@@ -36,6 +36,7 @@ import pandas as pd
 import xarray as xr
 
 from cbgrid import product
+from cbgrid.atomic import replace_file
 from cbgrid.schema import TARGETS
 
 log = logging.getLogger(__name__)
@@ -122,10 +123,8 @@ def _grid_context_cached(lat_key: bytes, lon_key: bytes, use_disk: bool) -> xr.D
         ds = _compute_context(lat, lon)
         if path is not None:
             try:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-                ds.to_netcdf(tmp)
-                os.replace(tmp, path)
+                with replace_file(path) as tmp:
+                    ds.to_netcdf(tmp)
             except OSError as e:  # a read-only home is no reason to fail
                 log.warning("could not cache the grid context in %s: %s", path.parent, e)
     ds["modelled"] = ds["modelled"].astype(bool)
@@ -506,11 +505,10 @@ def upscale(recipe, *, runs: Sequence | None = None, scores: pd.DataFrame | None
     csv = None
     if scores is not None:
         csv = out_dir / f"{recipe.name}_scores.csv"
-        tmp = csv.with_name(f".{csv.name}.tmp")
         table = summary.copy()
         table.insert(0, "split", split or "unknown")
-        table.to_csv(tmp, index=False)
-        os.replace(tmp, csv)
+        with replace_file(csv) as tmp:
+            table.to_csv(tmp, index=False)
     run_names = [str(r) if isinstance(r, (str, os.PathLike)) else getattr(r, "name", type(r).__name__) for r in runs]
     attrs = product.global_attrs(
         title=f"cbgrid {recipe.name}: daily GPP, RECO and NEE at {recipe.grid.resolution} degree",

@@ -33,6 +33,7 @@ import pandas as pd
 import xarray as xr
 
 from cbgrid import catalog, schema
+from cbgrid.atomic import replace_file
 
 log = logging.getLogger(__name__)
 
@@ -332,10 +333,8 @@ def _read_cached(path: Path, names: Sequence[str]) -> pd.DataFrame | None:
 
 
 def _write_cached(df: pd.DataFrame, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
-    df.to_csv(tmp, index_label="date", date_format="%Y-%m-%d")
-    os.replace(tmp, path)
+    with replace_file(path) as tmp:
+        df.to_csv(tmp, index_label="date", date_format="%Y-%m-%d")
 
 
 def _fetch(task: Task, feature_set: str, cache_dir: Path, max_tries: int) -> None:
