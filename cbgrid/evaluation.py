@@ -12,6 +12,7 @@ baselines beside a new model) are plain functions over those scores. No plotting
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -93,18 +94,38 @@ def _zero_mean(observed: xr.DataArray, dim: str) -> xr.DataArray:
     return np.abs(_site_mean(observed, dim)) <= n * np.finfo(np.float64).eps * _site_mean(np.abs(observed), dim)
 
 
+def r2(observed: np.ndarray, predicted: np.ndarray, axis: int = -1) -> np.ndarray:
+    """Coefficient of determination 1 − SSE/SST along ``axis``, over the entries where both are
+    finite; NaN where those observations are constant (or absent). cbgrid's one R².
+
+    >>> float(r2(np.array([1.0, 2.0, 3.0]), np.array([1.0, 2.0, 4.0])))
+    0.5
+    """
+    obs = np.asarray(observed, dtype=np.float64)
+    pred = np.asarray(predicted, dtype=np.float64)
+    ok = np.isfinite(obs) & np.isfinite(pred)
+    n = ok.sum(axis)
+    o = np.where(ok, obs, 0.0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = np.expand_dims(o.sum(axis) / n, axis)
+        sse = np.where(ok, (pred - obs) ** 2, 0.0).sum(axis)
+        sst = np.where(ok, (obs - mean) ** 2, 0.0).sum(axis)
+        # exact test: a two-pass sum of squares of a constant series need not round to 0
+        constant = np.where(ok, obs, -np.inf).max(axis) == np.where(ok, obs, np.inf).min(axis)
+        return np.where((n > 0) & ~constant, 1.0 - sse / np.where(constant | (n == 0), np.nan, sst), np.nan)
+
+
 @dataclass(frozen=True)
 class R2(Metric):
-    """Coefficient of determination 1 − SSE/SST; NaN for a constant observed series."""
+    """Coefficient of determination 1 − SSE/SST (:func:`r2`); NaN for a constant observed series."""
 
     name: str = "R2"
     long_name: str = "coefficient of determination"
     better: str = "higher"
 
     def compute(self, observed, predicted, dim=TIME):
-        sse = ((predicted - observed) ** 2).sum(dim)
-        sst = ((observed - _site_mean(observed, dim)) ** 2).sum(dim)
-        return 1.0 - sse / sst.where(~_constant(observed, dim))
+        return xr.apply_ufunc(r2, observed, predicted, input_core_dims=[[dim], [dim]], kwargs={"axis": -1},
+                              dask="parallelized", output_dtypes=[np.float64])
 
 
 @dataclass(frozen=True)
@@ -200,6 +221,7 @@ def evaluate(
     *,
     min_days: int = MIN_QC_DAYS,
     metrics: Sequence[Metric] = METRICS,
+    log_exclusions: bool = True,
 ) -> xr.Dataset:
     """Score predictions on the test sites of ``split``, on QC = 1 days only.
 
@@ -211,6 +233,8 @@ def evaluate(
     split : a split DataFrame (``cbgrid.splits``), the path of a split CSV, or test site ids.
     min_days : sites with fewer scored days (QC = 1, observed and predicted) get NaN scores
         and the ``too_few_qc_days`` status.
+    log_exclusions : log which sites were not scored and why (off when scoring the members of
+        an ensemble already scored, whose exclusions are the same).
 
     Returns
     -------
@@ -320,7 +344,8 @@ def evaluate(
         "min_days": int(min_days),
         "period": f"{times[0].date()}..{times[-1].date()}",
     }
-    _log_exclusions(ds, int(missing_qc_pred.sum()))
+    if log_exclusions:
+        _log_exclusions(ds, int(missing_qc_pred.sum()))
     return ds
 
 
@@ -375,6 +400,47 @@ def ensemble(predictions: Sequence[xr.Dataset]) -> xr.Dataset:
     attrs["ensemble_size"] = len(predictions)
     out.attrs = attrs
     return out
+
+
+# --------------------------------------------------------------------------------------------
+# Maps against a gridded truth
+# --------------------------------------------------------------------------------------------
+
+
+def compare_with_truth(prod, truth: xr.Dataset) -> pd.DataFrame:
+    """Map-level skill of a product against true fluxes on the same grid (e.g. the twin's).
+
+    ``prod``: product path or Dataset; ``truth``: (time, lat, lon) with GPP_true, RECO_true,
+    NEE_true (or GPP, RECO, NEE). Per variable: R² and RMSE over all cell-days, R² of the
+    period-mean map, bias (mean of product − truth) and the cell-days used; unweighted.
+    """
+    from cbgrid import product
+
+    ds = product.open_product(prod) if isinstance(prod, (str, os.PathLike)) else prod
+    ds = ds.assign_coords(time=ds.indexes["time"].normalize())
+    truth = truth.assign_coords(time=truth.indexes["time"].normalize())
+    rows = []
+    for name in ("GPP", "RECO", "NEE"):
+        tname = f"{name}_true" if f"{name}_true" in truth else name
+        p, t = xr.align(ds[name].astype(np.float64), truth[tname].astype(np.float64), join="inner")
+        p, t = np.asarray(p.values), np.asarray(t.values)
+        ok = np.isfinite(p) & np.isfinite(t)
+        if not ok.any():
+            raise ValueError(f"the product and the truth share no valid {name} cell-day")
+        n = ok.sum(axis=0)
+        okm = n > 0
+        pm = np.where(ok, p, 0.0).sum(axis=0)[okm] / n[okm]
+        tm = np.where(ok, t, 0.0).sum(axis=0)[okm] / n[okm]
+        rows.append({
+            "variable": name,
+            "R2": float(r2(t[ok], p[ok])),
+            "R2_mean_map": float(r2(tm, pm)),
+            "bias": float(np.mean(p[ok] - t[ok])),
+            "RMSE": float(np.sqrt(np.mean((p[ok] - t[ok]) ** 2))),
+            "truth_mean": float(np.mean(t[ok])),
+            "cell_days": int(ok.sum()),
+        })
+    return pd.DataFrame(rows)
 
 
 # --------------------------------------------------------------------------------------------

@@ -18,6 +18,7 @@ later step is array indexing. Nothing here loops over samples in Python:
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass, field
 
@@ -25,7 +26,10 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
+import dask.array as da
+
 from cbgrid import catalog
+from cbgrid.progress import compute as progress_compute
 from cbgrid.schema import IGBP_CLASSES, KOPPEN_CLASSES, QC, SITE, TARGETS, TIME
 
 log = logging.getLogger(__name__)
@@ -105,9 +109,6 @@ def read_arrays(ds: xr.Dataset, features: list[str], *, targets: bool = True, pr
     Works on lazy (dask) and in-memory Datasets alike; with dask, all chunks are read in one
     parallel ``compute`` and stacked straight into ``(site, time, feature)`` order.
     """
-    import dask
-    import dask.array as da
-
     missing = [f for f in features if f not in ds.data_vars]
     if missing:
         raise ValueError(f"the dataset lacks feature variable(s) {missing}")
@@ -122,24 +123,7 @@ def read_arrays(ds: xr.Dataset, features: list[str], *, targets: bool = True, pr
             raise ValueError(f"the store lacks target variable(s) {lacking}")
         parts["y"] = da.stack([arr(t) for t in TARGETS], axis=-1).astype(np.float32)
         parts["qc"] = arr(QC).astype(np.float32)
-    if progress:
-        from tqdm.auto import tqdm
-        from dask.diagnostics import Callback
-
-        class _Bar(Callback):
-            def _start_state(self, dsk, state):
-                self.bar = tqdm(total=sum(len(state[k]) for k in ("ready", "waiting", "running")), desc="reading store", unit="task")
-
-            def _posttask(self, key, result, dsk, state, worker_id):
-                self.bar.update(1)
-
-            def _finish(self, dsk, state, errored):
-                self.bar.close()
-
-        with _Bar():
-            out = dask.compute(parts)[0]
-    else:
-        out = dask.compute(parts)[0]
+    out = progress_compute(parts, desc="reading store", progress=progress)[0]
     info = site_info(ds)
     return SiteArrays(
         sites=np.asarray([str(s) for s in ds[SITE].values], dtype=object),
@@ -359,6 +343,77 @@ def day_index(observed: np.ndarray, *, lo=None, hi=None) -> np.ndarray:
         keep &= t < np.asarray(hi)[:, None]
     site, day = np.nonzero(keep)
     return np.stack([site, day], axis=1).astype(np.int64)
+
+
+# --------------------------------------------------------------------------------------------
+# The training set
+# --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class WindowSpec:
+    """How a temporal model sees time: ``window``-day samples every ``stride`` days whose last
+    ``horizon`` days are the targets, kept when ``min_target_days`` of those are observed;
+    ``context`` feature windows per sample for models that need site context (TAM-RL).
+
+    Serialisable: a run's ``config.json`` records it under ``windows``.
+
+    >>> WindowSpec.from_dict(WindowSpec().to_dict()) == WindowSpec()
+    True
+    """
+
+    window: int = WINDOW
+    horizon: int = HORIZON
+    stride: int = STRIDE
+    min_target_days: int = 1
+    context: int = 8
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> WindowSpec:
+        names = {f.name for f in dataclasses.fields(cls)}
+        # runs written before the spec had its own entry kept it flat in their train config
+        d = {("context" if k == "context_windows" else k): v for k, v in d.items()}
+        return cls(**{k: int(v) for k, v in d.items() if k in names and v is not None})
+
+
+@dataclass
+class TrainingData:
+    """The training sites' arrays with the statistics fitted on them, and the fit/validation cut."""
+
+    arrays: SiteArrays
+    scaler: Scaler
+    weights: Weights
+    prepared: Prepared
+    cutoff: np.ndarray  # (S,) first validation day per site
+    _tensors: dict = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def build(cls, arrays: SiteArrays, val_fraction: float = 0.2) -> TrainingData:
+        if len(arrays.sites) == 0:
+            raise ValueError("the training set is empty: no training site is in the store")
+        scaler = Scaler.fit(arrays)
+        weights = Weights.fit(arrays)
+        cutoff = validation_cutoff(arrays.observed, val_fraction)
+        return cls(arrays, scaler, weights, Prepared.build(arrays, scaler, weights), cutoff)
+
+    def tensors(self, device: str):
+        if device not in self._tensors:
+            self._tensors[device] = self.prepared.tensors(device)
+        return self._tensors[device]
+
+    def index(self, kind: str, windows: WindowSpec) -> tuple[np.ndarray, np.ndarray]:
+        """(fit, validation) sample indices: windows (temporal) or observed days (static).
+
+        A window is for fitting when its target days end before the site's cutoff, for
+        validation when they start at or after it; windows straddling the cutoff are unused.
+        """
+        obs = self.arrays.observed
+        if kind == "temporal":
+            w = windows
+            args = dict(window=w.window, horizon=w.horizon, stride=w.stride, min_target_days=w.min_target_days)
+            return (window_index(obs, hi=self.cutoff, **args), window_index(obs, lo=self.cutoff, **args))
+        return day_index(obs, hi=self.cutoff), day_index(obs, lo=self.cutoff)
 
 
 # --------------------------------------------------------------------------------------------

@@ -268,3 +268,17 @@ def quicklook(da: xr.DataArray, path, *, title: str | None = None, cmap: str | N
     fig.colorbar(im, ax=ax, shrink=0.85, extend="both", label=f"{da.attrs.get('long_name', da.name)} ({units})")
     ax.set_title(title or str(da.name), fontsize=10)
     return save(fig, path)
+
+
+def quicklooks(path) -> list[Path]:
+    """One PNG per flux variable (period mean) beside a product file."""
+    from cbgrid import product
+
+    path = Path(path)
+    out = []
+    with product.open_product(path) as ds:
+        for name in (*product.FLUXES, *(f"{f}_sd" for f in product.FLUXES)):
+            png = path.with_name(f"{path.stem}_{name}.png")
+            quicklook(ds[name].mean("time", keep_attrs=True), png, title=f"{path.stem}: {name} (period mean)")
+            out.append(png)
+    return out

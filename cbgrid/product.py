@@ -35,6 +35,7 @@ import pandas as pd
 import xarray as xr
 
 from cbgrid import schema
+from cbgrid.grid import EARTH_RADIUS, bounds, cell_area
 
 log = logging.getLogger(__name__)
 
@@ -45,8 +46,7 @@ FLUXES = ("GPP", "RECO", "NEE")
 TARGET_OF = {"GPP": schema.GPP, "RECO": schema.RECO, "NEE": schema.NEE}
 TIME_UNITS = "days since 2000-01-01 00:00:00"
 CALENDAR = "standard"
-EARTH_RADIUS = 6371007.181  # m, authalic sphere (as MODIS grids use)
-UNITS = "g m-2 d-1"
+UNITS = schema.CF_FLUX_UNITS
 
 FLUX_ATTRS = {
     "GPP": {
@@ -71,35 +71,6 @@ FLUX_ATTRS = {
         ),
     },
 }
-
-
-# --------------------------------------------------------------------------------------------
-# Grid geometry
-# --------------------------------------------------------------------------------------------
-
-
-def bounds(centres: np.ndarray, lo: float | None = None, hi: float | None = None) -> np.ndarray:
-    """(n, 2) cell edges of a regular 1-D grid of cell centres, clipped to [lo, hi]."""
-    c = np.asarray(centres, dtype=np.float64)
-    if c.size == 1:
-        raise ValueError("a grid axis needs at least 2 cells to define its spacing")
-    step = np.diff(c)
-    if not np.allclose(step, step[0], rtol=1e-6, atol=1e-9):
-        raise ValueError(f"grid axis is not regular: spacings range {step.min()}..{step.max()}")
-    half = abs(step[0]) / 2
-    b = np.stack([c - half, c + half], axis=1)
-    if lo is not None or hi is not None:
-        b = np.clip(b, lo, hi)
-    return np.round(b, 10)
-
-
-def cell_area(lat: np.ndarray, lon: np.ndarray) -> np.ndarray:
-    """Area in m2 of each (lat, lon) cell of a regular grid on the authalic sphere."""
-    lb = np.deg2rad(bounds(lat, -90, 90))
-    ob = np.deg2rad(bounds(lon))
-    band = np.abs(np.sin(lb[:, 1]) - np.sin(lb[:, 0]))
-    width = np.abs(ob[:, 1] - ob[:, 0])
-    return EARTH_RADIUS**2 * band[:, None] * width[None, :]
 
 
 def _time_values(days: pd.DatetimeIndex) -> tuple[np.ndarray, np.ndarray]:

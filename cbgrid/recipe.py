@@ -25,52 +25,40 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import numpy as np
 import pandas as pd
 import yaml
 
-SOURCES = ("twin", "local", "earthengine")
+from cbgrid import sources
+from cbgrid.grid import Grid
+
+if TYPE_CHECKING:  # pragma: no cover
+    from cbgrid.contracts import DriverSource
+
 PERIODS = ("month", "year")
+TOP_KEYS = ("name", "description", "drivers", "grid", "period", "runs", "output", "chunks")
+GRID_KEYS = ("resolution", "region")
+PERIOD_KEYS = ("start", "end", "per")
+CHUNK_KEYS = ("lat", "lon")
 
 
 class RecipeError(ValueError):
     """A recipe file is malformed; the message names the key and what to write instead."""
 
 
-@dataclass(frozen=True)
-class Drivers:
-    source: str
-    seed: int = 0
-    paths: tuple[str, ...] = ()
-    engine: str | None = None
-    variables: dict = field(default_factory=dict)
-    project: str | None = None
-    feature_set: str = "minimal"
+def check_keys(doc, allowed, where: str) -> dict:
+    """``doc`` as a dict, or RecipeError naming ``where`` and the keys it does not know.
 
-
-@dataclass(frozen=True)
-class Grid:
-    resolution: float
-    region: tuple[float, float, float, float] = (-180.0, -90.0, 180.0, 90.0)
-
-    @property
-    def lat(self) -> np.ndarray:
-        """Cell-centre latitudes, south to north."""
-        lon0, lat0, lon1, lat1 = self.region
-        n = int(round((lat1 - lat0) / self.resolution))
-        return np.round(lat0 + self.resolution * (np.arange(n) + 0.5), 10)
-
-    @property
-    def lon(self) -> np.ndarray:
-        """Cell-centre longitudes, west to east."""
-        lon0, lat0, lon1, lat1 = self.region
-        n = int(round((lon1 - lon0) / self.resolution))
-        return np.round(lon0 + self.resolution * (np.arange(n) + 0.5), 10)
-
-    @property
-    def shape(self) -> tuple[int, int]:
-        return (self.lat.size, self.lon.size)
+    >>> check_keys({"seed": 1}, ("seed",), "drivers")
+    {'seed': 1}
+    """
+    if not isinstance(doc, dict):
+        raise RecipeError(f"{where}: expected a mapping, got {type(doc).__name__} {doc!r}")
+    unknown = sorted(set(doc) - set(allowed))
+    if unknown:
+        raise RecipeError(f"{where}: unknown key(s) {unknown}; allowed: {', '.join(allowed)}")
+    return dict(doc)
 
 
 @dataclass(frozen=True)
@@ -93,7 +81,7 @@ class Period:
 @dataclass(frozen=True)
 class Recipe:
     name: str
-    drivers: Drivers
+    drivers: DriverSource
     grid: Grid
     period: Period
     runs: tuple[Path, ...]
@@ -103,6 +91,11 @@ class Recipe:
 
     def replace(self, **kw) -> Recipe:
         return dataclasses.replace(self, **kw)
+
+    @property
+    def base(self) -> Path:
+        """The folder relative driver paths are also looked for in (the recipe's own)."""
+        return self.source_file.parent if self.source_file is not None else Path.cwd()
 
 
 def _need(d: dict, key: str, where: str):
@@ -116,25 +109,17 @@ def parse_recipe(doc: dict, source_file: Path | None = None) -> Recipe:
     where = str(source_file or "recipe")
     if not isinstance(doc, dict):
         raise RecipeError(f"{where}: expected a mapping at the top level, got {type(doc).__name__}")
-    unknown = set(doc) - {"name", "drivers", "grid", "period", "runs", "output", "chunks", "description"}
-    if unknown:
-        raise RecipeError(f"{where}: unknown key(s) {sorted(unknown)}")
+    check_keys(doc, TOP_KEYS, where)
     d = _need(doc, "drivers", where)
+    if not isinstance(d, dict):
+        raise RecipeError(f"{where}: drivers must be a mapping with a 'source' key, got {d!r}")
     src = _need(d, "source", f"{where}: drivers")
-    if src not in SOURCES:
-        raise RecipeError(f"{where}: drivers.source is {src!r}; use one of {', '.join(SOURCES)}")
-    if src == "local" and not d.get("paths"):
-        raise RecipeError(f"{where}: drivers.paths must list the local NetCDF/GRIB/Zarr files for source 'local'")
-    drivers = Drivers(
-        source=src,
-        seed=int(d.get("seed", 0)),
-        paths=tuple(str(p) for p in d.get("paths", ()) or ()),
-        engine=d.get("engine"),
-        variables=dict(d.get("variables", {}) or {}),
-        project=d.get("project"),
-        feature_set=str(d.get("feature_set", "minimal")),
-    )
-    g = _need(doc, "grid", where)
+    try:
+        cls = sources.driver_source(src)
+    except ValueError as e:
+        raise RecipeError(f"{where}: drivers.source: {e}") from None
+    drivers = cls.from_mapping({k: v for k, v in d.items() if k != "source"}, f"{where}: drivers (source {src})")
+    g = check_keys(_need(doc, "grid", where), GRID_KEYS, f"{where}: grid")
     res = float(_need(g, "resolution", f"{where}: grid"))
     if not (0 < res <= 10):
         raise RecipeError(f"{where}: grid.resolution {res} must be in (0, 10] degrees")
@@ -147,7 +132,7 @@ def parse_recipe(doc: dict, source_file: Path | None = None) -> Recipe:
     for span, nm in ((lon1 - lon0, "longitude"), (lat1 - lat0, "latitude")):
         if abs(span / res - round(span / res)) > 1e-6:
             raise RecipeError(f"{where}: the region's {nm} span {span} is not a multiple of the resolution {res}")
-    p = _need(doc, "period", where)
+    p = check_keys(_need(doc, "period", where), PERIOD_KEYS, f"{where}: period")
     try:
         start, end = pd.Timestamp(_need(p, "start", f"{where}: period")), pd.Timestamp(_need(p, "end", f"{where}: period"))
     except (ValueError, TypeError) as e:
@@ -159,7 +144,10 @@ def parse_recipe(doc: dict, source_file: Path | None = None) -> Recipe:
         raise RecipeError(f"{where}: period.per is {per!r}; use one of {', '.join(PERIODS)}")
     runs = _need(doc, "runs", where)
     runs = (runs,) if isinstance(runs, str) else tuple(runs)
-    chunks = dict(doc.get("chunks", {"lat": 45, "lon": 90}))
+    chunks = check_keys(doc.get("chunks", {"lat": 45, "lon": 90}), CHUNK_KEYS, f"{where}: chunks")
+    for k, v in chunks.items():
+        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+            raise RecipeError(f"{where}: chunks.{k} is {v!r}; it must be a positive whole number of cells")
     return Recipe(
         name=str(doc.get("name") or (source_file.stem if source_file else "product")),
         drivers=drivers,

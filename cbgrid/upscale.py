@@ -2,13 +2,16 @@
 
 The chain for one recipe (``cbgrid.recipe``)::
 
-    grid_context(lat, lon)            IGBP (MCD12C1 majority), Köppen (Beck majority), land
+    context.grid_context(lat, lon)    IGBP (MCD12C1 majority), Köppen (Beck majority), land
                                       fraction, cell area, which cells are modelled
-    open_drivers(recipe, days, ctx)   lazy (time, lat, lon) drivers: twin | local | earthengine
+    recipe.drivers.open(...)          lazy (time, lat, lon) drivers of the recipe's driver source
+                                      (``cbgrid.sources``: twin | local | earthengine)
     predict_blocks(drivers, runs,...) lazy dask array, one task per spatial chunk over the whole
                                       time span (incl. the temporal models' spin-up)
-    write_blocks(...)                 blocks computed a few at a time and written into the
-                                      product file as they arrive (``cbgrid.product``)
+    write_blocks(blocks, writer, ...) blocks computed a few at a time and handed to a
+                                      ``BlockWriter`` as they arrive (``cbgrid.product``)
+
+Runs are ``cbgrid.contracts.Predictor``s (run folders are loaded as ``cbgrid.runs.Run``).
 
 Each task stacks the land cells of its chunk into a (site, time) Dataset — the exact input a
 trained run predicts on — so trees and networks take the code path they take on sites. The
@@ -35,115 +38,23 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from cbgrid import product
+import dask
+import dask.array as da
+
+from cbgrid import evaluation, product
 from cbgrid.atomic import replace_file
+from cbgrid.context import grid_context
+from cbgrid.contracts import BlockWriter, Predictor
+from cbgrid.progress import bar as progress_bar
+from cbgrid.report import ensemble_scores
+from cbgrid.runs import Run, load_run
+from cbgrid.runtime import release_memory
 from cbgrid.schema import TARGETS
 
 log = logging.getLogger(__name__)
 
-#: History a temporal model gets before the first output day when its run does not say.
-DEFAULT_WINDOW = 30
 #: Channels of a predicted block: means, then the ensemble spread.
 CHANNELS = ("GPP", "RECO", "NEE_model", "GPP_sd", "RECO_sd", "NEE_sd")
-#: IGBP codes that are never modelled: water, permanent snow and ice (and nodata).
-MASKED_IGBP = (0, 15)
-
-
-# --------------------------------------------------------------------------------------------
-# Grid context
-# --------------------------------------------------------------------------------------------
-
-
-def _fill_nearest(codes: np.ndarray, need: np.ndarray, missing: int = 0) -> np.ndarray:
-    """Give cells in ``need`` whose code is ``missing`` the code of the nearest cell that has one."""
-    from scipy import ndimage
-
-    gap = need & (codes == missing)
-    if not gap.any() or (codes == missing).all():
-        return codes
-    _, (ii, jj) = ndimage.distance_transform_edt(codes == missing, return_indices=True)
-    out = codes.copy()
-    out[gap] = codes[ii[gap], jj[gap]]
-    return out
-
-
-def _cache_dir() -> Path:
-    """Where computed grid contexts are kept: $CBGRID_CACHE, else ~/.cache/cbgrid."""
-    return Path(os.environ.get("CBGRID_CACHE") or Path.home() / ".cache" / "cbgrid")
-
-
-def _context_key(lat: np.ndarray, lon: np.ndarray) -> str:
-    """A name for a grid's context that changes with the grid and with the raster files."""
-    import hashlib
-
-    from cbgrid import catalog, context
-
-    h = hashlib.sha1(lat.tobytes() + lon.tobytes())
-    for name in (context.IGBP_RASTER, context.KOPPEN_RASTER):
-        st = Path(catalog.raster_path(name)).stat()
-        h.update(f"{name}:{st.st_size}:{int(st.st_mtime)}".encode())
-    return f"context-{lat.size}x{lon.size}-{h.hexdigest()[:16]}.nc"
-
-
-def _compute_context(lat: np.ndarray, lon: np.ndarray) -> xr.Dataset:
-    import dask
-
-    from cbgrid import context
-
-    igbp, land_fraction = context.igbp_on_grid(lat, lon)
-    koppen = context.koppen_on_grid(lat, lon)
-    igbp, land_fraction, koppen = dask.compute(igbp, land_fraction, koppen)
-    ig = np.asarray(igbp.values).astype(np.int16)
-    ig[(ig < 0) | (ig > 16)] = -1  # nodata
-    modelled = (ig >= 1) & ~np.isin(ig, MASKED_IGBP)
-    # Majority classes come from different rasters: a land cell whose Beck pixels are all
-    # ocean (coasts, small islands) takes the class of the nearest cell that has one.
-    kp = _fill_nearest(np.asarray(koppen.values).astype(np.int16), modelled)
-    return xr.Dataset(
-        {
-            "igbp": (("lat", "lon"), ig, {"long_name": "majority IGBP class (MCD12C1), -1 nodata"}),
-            "koppen": (("lat", "lon"), kp, {"long_name": "majority Koppen main class 1..5, 0 none"}),
-            "land_fraction": (("lat", "lon"), np.asarray(land_fraction.values, dtype=np.float32), {"units": "1"}),
-            "cell_area": (("lat", "lon"), product.cell_area(lat, lon), {"units": "m2"}),
-            "modelled": (("lat", "lon"), modelled.astype(np.int8), {"long_name": "cell is predicted (land, not water or ice)"}),
-        },
-        coords={"lat": lat, "lon": lon},
-    )
-
-
-@functools.lru_cache(maxsize=4)
-def _grid_context_cached(lat_key: bytes, lon_key: bytes, use_disk: bool) -> xr.Dataset:
-    lat = np.frombuffer(lat_key, dtype=np.float64)
-    lon = np.frombuffer(lon_key, dtype=np.float64)
-    path = _cache_dir() / _context_key(lat, lon) if use_disk else None
-    if path is not None and path.exists():
-        ds = xr.load_dataset(path)
-        log.info("grid context %dx%d from %s", lat.size, lon.size, path)
-    else:
-        ds = _compute_context(lat, lon)
-        if path is not None:
-            try:
-                with replace_file(path) as tmp:
-                    ds.to_netcdf(tmp)
-            except OSError as e:  # a read-only home is no reason to fail
-                log.warning("could not cache the grid context in %s: %s", path.parent, e)
-    ds["modelled"] = ds["modelled"].astype(bool)
-    log.info("grid context %dx%d: %d of %d cells modelled", lat.size, lon.size, int(ds["modelled"].sum()), ds["modelled"].size)
-    return ds
-
-
-def grid_context(lat, lon, *, cache: bool = True) -> xr.Dataset:
-    """IGBP and Köppen class, land fraction, cell area and the modelled-cell mask of a grid.
-
-    IGBP is the majority MCD12C1 0.05° class in each cell, Köppen the majority Beck et al.
-    class; cells whose majority is water (0) or permanent snow/ice (15) are not modelled.
-    Aggregating the rasters takes tens of seconds, so results are kept per grid and raster
-    version in ``$CBGRID_CACHE`` (default ``~/.cache/cbgrid``) unless ``cache=False``, and in
-    memory for the life of the process.
-    """
-    lat = np.ascontiguousarray(lat, dtype=np.float64)
-    lon = np.ascontiguousarray(lon, dtype=np.float64)
-    return _grid_context_cached(lat.tobytes(), lon.tobytes(), bool(cache)).copy()
 
 
 # --------------------------------------------------------------------------------------------
@@ -152,41 +63,23 @@ def grid_context(lat, lon, *, cache: bool = True) -> xr.Dataset:
 
 
 @functools.lru_cache(maxsize=16)
-def _load_run_cached(path: str):
-    from cbgrid.train import load_run
-
+def _load_run_cached(path: str) -> Run:
     return load_run(path)
 
 
-def resolve_run(run):
+def resolve_run(run) -> Predictor:
     """A trained run: loaded from its folder (cached per process) or used as given."""
     if isinstance(run, (str, os.PathLike)):
         return _load_run_cached(str(Path(run).resolve()))
-    if not hasattr(run, "predict"):
-        raise TypeError(f"a run must be a run folder or an object with .predict(ds), not {type(run).__name__}")
+    if not isinstance(run, Predictor):
+        raise TypeError(f"a run must be a run folder or a cbgrid.contracts.Predictor (features, history_days, "
+                        f"predict), not {type(run).__name__}")
     return run
 
 
 def history_days(run) -> int:
     """Days of driver history a run needs before its first predicted day (0 for static models)."""
-    run = resolve_run(run)
-    if getattr(run, "kind", "static") != "temporal":
-        return 0
-    cfg = getattr(run, "config", {}) or {}
-    for where in (cfg, cfg.get("train") or {}):
-        if where.get("window"):
-            return int(where["window"])
-    return int(getattr(run, "window", None) or DEFAULT_WINDOW)
-
-
-def run_features(run) -> list[str] | None:
-    """The driver variables a run reads, when it says so."""
-    run = resolve_run(run)
-    for obj in (run, getattr(run, "config", None) or {}):
-        feats = obj.get("features") if isinstance(obj, dict) else getattr(obj, "features", None)
-        if feats:
-            return [str(f) for f in feats if f not in ("lat", "lon", "igbp", "koppen")]
-    return None
+    return int(resolve_run(run).history_days)
 
 
 # --------------------------------------------------------------------------------------------
@@ -219,21 +112,6 @@ def combine_members(means: list[np.ndarray], sds: list[np.ndarray]) -> tuple[np.
     return m, np.sqrt(var)
 
 
-def _whole_block(run, ds: xr.Dataset) -> dict:
-    """Ask a run to predict a chunk's cells in one go where it lets the caller choose.
-
-    Runs bound their memory by predicting ``block_sites`` sites at a time; a spatial chunk is
-    already the memory bound here, and one call per chunk avoids thousands of tiny model calls.
-    """
-    import inspect
-
-    try:
-        params = inspect.signature(run.predict).parameters
-    except (TypeError, ValueError):
-        return {}
-    return {"block_sites": max(1, ds.sizes["site"])} if "block_sites" in params else {}
-
-
 def predict_cells(ds: xr.Dataset, runs: Sequence, out_days: pd.DatetimeIndex) -> np.ndarray:
     """Ensemble predictions for a (site, time) Dataset: (channel, out_day, site) float32.
 
@@ -243,7 +121,8 @@ def predict_cells(ds: xr.Dataset, runs: Sequence, out_days: pd.DatetimeIndex) ->
     means, sds = [], []
     for ref in runs:
         run = resolve_run(ref)
-        p = run.predict(ds, **_whole_block(run, ds))
+        # the spatial chunk already bounds memory: one model call per chunk
+        p = run.predict(ds, block_sites=None)
         pred = p["prediction"]
         have = [str(t) for t in pred["target"].values]
         lacking = [t for t in want if t not in have]
@@ -263,8 +142,6 @@ def predict_cells(ds: xr.Dataset, runs: Sequence, out_days: pd.DatetimeIndex) ->
 
 def _predict_block(drv, igbp, koppen, modelled, lat2d, lon2d, *, names, in_days, out_days, runs):
     """One spatial chunk: (var, time_in, y, x) drivers -> (channel, time_out, y, x) predictions."""
-    import dask
-
     _, nt_in, ny, nx = drv.shape
     out = np.full((len(CHANNELS), len(out_days), ny, nx), np.nan, dtype=np.float32)
     m = np.asarray(modelled, dtype=bool)
@@ -297,15 +174,13 @@ def predict_blocks(drivers: xr.Dataset, runs: Sequence, ctx: xr.Dataset, out_day
     ``drivers`` spans the output days plus the spin-up before them; each dask task sees one
     spatial chunk over the whole span.
     """
-    import dask.array as da
-
     chunks = chunks or {"lat": 45, "lon": 90}
     ny, nx = ctx.sizes["lat"], ctx.sizes["lon"]
     cl, co = max(1, min(int(chunks.get("lat", ny)), ny)), max(1, min(int(chunks.get("lon", nx)), nx))
     names = list(drivers.data_vars)
     feats = set()
     for r in runs:
-        feats |= set(run_features(r) or ())
+        feats |= set(resolve_run(r).features)
     missing = sorted(feats - set(names))
     if missing:
         raise ValueError(f"the drivers lack {missing} that the runs read; they have {names}")
@@ -339,63 +214,8 @@ def _predict_block_4d(drv, igbp, koppen, modelled, lat2d, lon2d, **kw):
 
 
 # --------------------------------------------------------------------------------------------
-# Drivers
-# --------------------------------------------------------------------------------------------
-
-
-def open_drivers(recipe, days: pd.DatetimeIndex, ctx: xr.Dataset) -> xr.Dataset:
-    """Lazy (time, lat, lon) drivers of a recipe's source over ``days`` on the recipe grid."""
-    days = pd.DatetimeIndex(days)
-    src = recipe.drivers.source
-    lat, lon = recipe.grid.lat, recipe.grid.lon
-    if src == "twin":
-        from cbgrid.sources.twin import twin_grid
-
-        return twin_grid(lat, lon, days, recipe.drivers.seed, igbp=ctx["igbp"].values, koppen=ctx["koppen"].values,
-                         with_truth=False, chunks=dict(recipe.chunks))
-    if src == "local":
-        from cbgrid.sources.local import open_local
-
-        base = recipe.source_file.parent if recipe.source_file is not None else Path.cwd()
-        paths = [p if Path(p).is_absolute() or Path(p).exists() else str(base / p) for p in recipe.drivers.paths]
-        return open_local(paths, engine=recipe.drivers.engine, variables=recipe.drivers.variables,
-                          lat=lat, lon=lon, days=days, chunks=dict(recipe.chunks))
-    if src == "earthengine":
-        from cbgrid.recipe import Period
-        from cbgrid.sources.earthengine import open_grid
-
-        sub = recipe.replace(period=Period(days[0], days[-1], recipe.period.per))
-        return open_grid(sub, chunks={"time": len(days)})
-    raise ValueError(f"unknown driver source {src!r}; use twin, local or earthengine")
-
-
-# --------------------------------------------------------------------------------------------
 # Writing
 # --------------------------------------------------------------------------------------------
-
-
-@functools.lru_cache(maxsize=1)
-def _malloc_trim():
-    """glibc's ``malloc_trim`` where there is one (Linux), else None."""
-    import ctypes
-    import ctypes.util
-
-    try:
-        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
-    except (OSError, AttributeError):
-        return None
-
-
-def release_memory() -> None:
-    """Hand freed heap pages back to the system.
-
-    Each block allocates and frees a few hundred MB (model inputs, trees' matrices); glibc keeps
-    such freed pages, so without this the resident size creeps up with the number of blocks
-    even though live memory is one batch. (dask.distributed workers trim on their own.)
-    """
-    trim = _malloc_trim()
-    if trim is not None:
-        trim(0)
 
 
 def _n_workers(client) -> int:
@@ -404,24 +224,20 @@ def _n_workers(client) -> int:
     return max(1, os.cpu_count() or 1)
 
 
-def write_blocks(blocks, path, *, ctx: xr.Dataset, days: pd.DatetimeIndex, attrs: dict, client=None,
-                 progress: bool = True, batch: int | None = None) -> dict:
-    """Compute the predicted blocks a batch at a time and write them into a product file.
+def write_blocks(blocks, writer: BlockWriter, *, client=None, progress: bool = True, batch: int | None = None,
+                 desc: str = "upscaling") -> dict:
+    """Compute the predicted blocks a batch at a time and hand each to ``writer`` as it arrives.
 
-    Returns diagnostics: the models' own NEE head against the written RECO − GPP.
+    Returns diagnostics: the models' own NEE head against the written RECO − GPP (also set as
+    attributes on the writer).
     """
-    import dask
-    from tqdm.auto import tqdm
-
     delayed = blocks.to_delayed()  # (1, 1, nby, nbx)
     cl, co = blocks.chunks[2], blocks.chunks[3]
     offs_y, offs_x = np.cumsum((0,) + cl[:-1]), np.cumsum((0,) + co[:-1])
     todo = [(delayed[0, 0, i, j], int(offs_y[i]), int(offs_x[j])) for i in range(len(cl)) for j in range(len(co))]
     batch = batch or _n_workers(client)
     abs_diff, n_diff = 0.0, 0
-    with product.ProductWriter(path, ctx["lat"].values, ctx["lon"].values, days, context=ctx, attrs=attrs,
-                               chunks=(cl[0], co[0])) as w, \
-            tqdm(total=len(todo), desc=f"upscaling {Path(path).name}", unit="block", disable=not progress or None) as bar:
+    with progress_bar(total=len(todo), desc=desc, unit="block", progress=progress) as bar:
         for k in range(0, len(todo), batch):
             part = todo[k:k + batch]
             if client is not None:
@@ -430,7 +246,7 @@ def write_blocks(blocks, path, *, ctx: xr.Dataset, days: pd.DatetimeIndex, attrs
                 results = dask.compute(*[d for d, _, _ in part])
             for res, (_, i0, j0) in zip(results, part):
                 g, r, nee_model, gs, rs, ns = res
-                w.write(i0, j0, gpp=g, reco=r, gpp_sd=gs, reco_sd=rs, nee_sd=ns)
+                writer.write(i0, j0, gpp=g, reco=r, gpp_sd=gs, reco_sd=rs, nee_sd=ns)
                 bal = r - g
                 ok = np.isfinite(bal) & np.isfinite(nee_model)
                 abs_diff += float(np.abs(nee_model[ok] - bal[ok]).sum())
@@ -438,10 +254,10 @@ def write_blocks(blocks, path, *, ctx: xr.Dataset, days: pd.DatetimeIndex, attrs
             del results
             release_memory()
             bar.update(len(part))
-        diag = {"nee_model_minus_balance_mean_abs": abs_diff / n_diff if n_diff else float("nan"), "cell_days": n_diff}
-        w.set_attrs({"nee_model_head_mean_abs_difference": np.float64(diag["nee_model_minus_balance_mean_abs"]),
-                     "nee_model_head_comment": "mean |NEE output of the models - (RECO - GPP)| over modelled "
-                     "cell-days, g m-2 d-1: how far the models' own NEE is from the balance the file enforces"})
+    diag = {"nee_model_minus_balance_mean_abs": abs_diff / n_diff if n_diff else float("nan"), "cell_days": n_diff}
+    writer.set_attrs({"nee_model_head_mean_abs_difference": np.float64(diag["nee_model_minus_balance_mean_abs"]),
+                      "nee_model_head_comment": "mean |NEE output of the models - (RECO - GPP)| over modelled "
+                      "cell-days, g m-2 d-1: how far the models' own NEE is from the balance the file enforces"})
     return diag
 
 
@@ -465,10 +281,7 @@ def score_summary(frame: pd.DataFrame | None) -> pd.DataFrame | None:
     """Median and quartiles across test sites per target and metric (R2, RMSE, nMAE)."""
     if frame is None or len(frame) == 0:
         return None
-    from cbgrid import evaluation
-
-    by = ["target"]
-    return evaluation.quantile_table(frame, by=by, metrics=[m for m in ("R2", "RMSE", "nMAE") if m in frame])
+    return evaluation.quantile_table(frame, by=["target"], metrics=[m for m in ("R2", "RMSE", "nMAE") if m in frame])
 
 
 def product_path(recipe, label: str) -> Path:
@@ -477,17 +290,19 @@ def product_path(recipe, label: str) -> Path:
 
 
 def upscale(recipe, *, runs: Sequence | None = None, scores: pd.DataFrame | None = None, split: str | None = None,
-            scheduler=None, progress: bool = True, quicklook: bool = True, institution: str = "unspecified",
-            overwrite: bool = True, context: xr.Dataset | None = None, drivers: xr.Dataset | None = None) -> dict:
-    """Run a recipe: one CF-1.8 NetCDF per period piece, a scores CSV beside them, quicklooks.
+            scheduler=None, progress: bool = True, institution: str = "unspecified", overwrite: bool = True,
+            context: xr.Dataset | None = None, drivers: xr.Dataset | None = None) -> dict:
+    """Run a recipe: one CF-1.8 NetCDF per period piece and a scores CSV beside them.
 
-    runs: run folders or loaded runs (default: the recipe's ``runs``). scores: per-site
+    runs: run folders or ``Predictor``s (default: the recipe's ``runs``). scores: per-site
     zero-shot scores of the product's ensemble (``cbgrid.evaluation.to_frame`` layout); by default
-    they are computed from the runs' test-site predictions (:func:`zero_shot_scores`).
-    context: the grid context (default :func:`grid_context` of the recipe grid). drivers: an
-    already opened (time, lat, lon) driver Dataset on the recipe grid covering every output day
-    and the spin-up (default: opened from the recipe's source, piece by piece).
-    Returns {'products': [paths], 'scores': csv path or None, 'quicklooks': [paths], 'diagnostics': {...}}.
+    they are computed from the runs' test-site predictions (``cbgrid.report.ensemble_scores``).
+    context: the grid context (default ``cbgrid.context.grid_context`` of the recipe grid).
+    drivers: an already opened (time, lat, lon) driver Dataset on the recipe grid covering every
+    output day and the spin-up (default: opened from the recipe's driver source, piece by piece).
+    Returns {'products': [paths], 'scores': csv path or None, 'diagnostics': {...}}.
+
+    >>> res = upscale(load_recipe("products/twin-1deg-month.yaml"), runs=["runs/xgboost"])  # doctest: +SKIP
     """
     runs = list(runs if runs is not None else recipe.runs)
     if not runs:
@@ -500,7 +315,7 @@ def upscale(recipe, *, runs: Sequence | None = None, scores: pd.DataFrame | None
     if ctx.sizes["lat"] != lat.size or ctx.sizes["lon"] != lon.size:
         raise ValueError(f"the grid context is {ctx.sizes['lat']}x{ctx.sizes['lon']}; the recipe grid is {lat.size}x{lon.size}")
     if scores is None:
-        scores, split = zero_shot_scores(runs)
+        scores, split = ensemble_scores([r if isinstance(r, (str, os.PathLike)) else resolve_run(r) for r in runs])
     summary = score_summary(scores)
     csv = None
     if scores is not None:
@@ -512,7 +327,7 @@ def upscale(recipe, *, runs: Sequence | None = None, scores: pd.DataFrame | None
     run_names = [str(r) if isinstance(r, (str, os.PathLike)) else getattr(r, "name", type(r).__name__) for r in runs]
     attrs = product.global_attrs(
         title=f"cbgrid {recipe.name}: daily GPP, RECO and NEE at {recipe.grid.resolution} degree",
-        source=f"drivers: {recipe.drivers.source}; models: {', '.join(run_names)}",
+        source=f"drivers: {recipe.drivers.name}; models: {', '.join(run_names)}",
         runs=run_names, institution=institution,
         extra={**product.score_attrs(summary, split), "recipe": recipe.name,
                "zero_shot_scores_file": csv.name if csv else None,
@@ -520,7 +335,7 @@ def upscale(recipe, *, runs: Sequence | None = None, scores: pd.DataFrame | None
                "geospatial_lon_resolution": f"{recipe.grid.resolution} degree"},
     )
     client = _client(scheduler)
-    products, looks, diags = [], [], {}
+    products, diags = [], {}
     try:
         for label, days in recipe.period.pieces():
             path = product_path(recipe, label)
@@ -528,7 +343,7 @@ def upscale(recipe, *, runs: Sequence | None = None, scores: pd.DataFrame | None
                 raise FileExistsError(f"{path} exists; remove it or allow overwriting")
             days_in = pd.date_range(days[0] - pd.Timedelta(days=spin), days[-1], freq="D")
             if drivers is None:
-                piece = open_drivers(recipe, days_in, ctx)
+                piece = recipe.drivers.open(recipe.grid, days_in, ctx, chunks=recipe.chunks, base=recipe.base)
             else:
                 absent = days_in[~days_in.isin(drivers.indexes["time"])]
                 if len(absent):
@@ -536,123 +351,12 @@ def upscale(recipe, *, runs: Sequence | None = None, scores: pd.DataFrame | None
                                      f"e.g. {absent[0].date()} (spin-up {spin} days)")
                 piece = drivers.sel(time=days_in)
             blocks = predict_blocks(piece, runs, ctx, days, chunks=recipe.chunks)
-            diags[label] = write_blocks(blocks, path, ctx=ctx, days=days, attrs=attrs, client=client, progress=progress)
+            with product.ProductWriter(path, lat, lon, days, context=ctx, attrs=attrs,
+                                       chunks=(blocks.chunks[2][0], blocks.chunks[3][0])) as writer:
+                diags[label] = write_blocks(blocks, writer, client=client, progress=progress,
+                                            desc=f"upscaling {path.name}")
             products.append(path)
-            if quicklook:
-                looks += quicklooks(path)
     finally:
         if client is not None and not hasattr(scheduler, "gather"):
             client.close()
-    return {"products": products, "scores": csv, "quicklooks": looks, "diagnostics": diags}
-
-
-def quicklooks(path) -> list[Path]:
-    """One PNG per flux variable (period mean) beside a product file."""
-    from cbgrid import plots
-
-    path = Path(path)
-    out = []
-    with product.open_product(path) as ds:
-        for name in (*product.FLUXES, *(f"{f}_sd" for f in product.FLUXES)):
-            png = path.with_name(f"{path.stem}_{name}.png")
-            plots.quicklook(ds[name].mean("time", keep_attrs=True), png, title=f"{path.stem}: {name} (period mean)")
-            out.append(png)
-    return out
-
-
-# --------------------------------------------------------------------------------------------
-# Validation against truth
-# --------------------------------------------------------------------------------------------
-
-
-def _r2(pred: np.ndarray, obs: np.ndarray) -> float:
-    sst = float(np.sum((obs - obs.mean()) ** 2))
-    return 1.0 - float(np.sum((pred - obs) ** 2)) / sst if sst > 0 else float("nan")
-
-
-def compare_with_truth(prod, truth: xr.Dataset) -> pd.DataFrame:
-    """Map-level skill of a product against true fluxes on the same grid (e.g. the twin's).
-
-    ``prod``: product path or Dataset; ``truth``: (time, lat, lon) with GPP_true, RECO_true,
-    NEE_true (or GPP, RECO, NEE). Per variable: R² and RMSE over all cell-days, R² of the
-    period-mean map, bias (mean of product − truth) and the cell-days used; unweighted.
-    """
-    ds = product.open_product(prod) if isinstance(prod, (str, os.PathLike)) else prod
-    ds = ds.assign_coords(time=ds.indexes["time"].normalize())
-    truth = truth.assign_coords(time=truth.indexes["time"].normalize())
-    rows = []
-    for name in product.FLUXES:
-        tname = f"{name}_true" if f"{name}_true" in truth else name
-        p, t = xr.align(ds[name].astype(np.float64), truth[tname].astype(np.float64), join="inner")
-        p, t = np.asarray(p.values), np.asarray(t.values)
-        ok = np.isfinite(p) & np.isfinite(t)
-        if not ok.any():
-            raise ValueError(f"the product and the truth share no valid {name} cell-day")
-        n = ok.sum(axis=0)
-        okm = n > 0
-        pm = np.where(ok, p, 0.0).sum(axis=0)[okm] / n[okm]
-        tm = np.where(ok, t, 0.0).sum(axis=0)[okm] / n[okm]
-        rows.append({
-            "variable": name,
-            "R2": _r2(p[ok], t[ok]),
-            "R2_mean_map": _r2(pm, tm),
-            "bias": float(np.mean(p[ok] - t[ok])),
-            "RMSE": float(np.sqrt(np.mean((p[ok] - t[ok]) ** 2))),
-            "truth_mean": float(np.mean(t[ok])),
-            "cell_days": int(ok.sum()),
-        })
-    return pd.DataFrame(rows)
-
-
-# --------------------------------------------------------------------------------------------
-# Zero-shot scores of the ensemble
-# --------------------------------------------------------------------------------------------
-
-
-def _run_store(run) -> Path | None:
-    """The store a run was trained on: its recorded path, relative to the run folder first."""
-    value = (getattr(run, "config", {}) or {}).get("store")
-    if not value:
-        return None
-    p = Path(value).expanduser()
-    base = getattr(run, "path", None)
-    if not p.is_absolute() and base is not None and (Path(base) / p).exists():
-        p = Path(base) / p
-    return p.resolve() if p.exists() else None
-
-
-def zero_shot_scores(runs: Sequence) -> tuple[pd.DataFrame | None, str | None]:
-    """Per-site zero-shot scores of the runs' ensemble on their test sites, and the split name.
-
-    Averages the runs' test-site predictions (``cbgrid.evaluation.ensemble``) — the same ensemble
-    the maps use — and scores them against the store and split the runs were trained with.
-    Returns (None, None), with a warning, when a run carries no test-site predictions.
-    """
-    from cbgrid import evaluation
-    from cbgrid.store import open_store
-
-    preds, stores, splits = [], [], []
-    for ref in runs:
-        run = resolve_run(ref)
-        pred, split, store = getattr(run, "predictions", None), getattr(run, "split", None), _run_store(run)
-        if pred is None or split is None or store is None:
-            log.warning("run %s lacks test-site predictions, its split or its store (%r); the product carries no "
-                        "zero-shot scores", ref, (getattr(run, "config", {}) or {}).get("store"))
-            return None, None
-        preds.append(pred)
-        stores.append(str(Path(store).resolve()))
-        splits.append(split)
-    if len(set(stores)) > 1:
-        raise ValueError(f"the runs were trained on different stores {sorted(set(stores))}; an ensemble's "
-                         "zero-shot score needs one store")
-    test = [set(s.loc[s["set"] == "test", "site"].astype(str)) for s in splits]
-    if any(t != test[0] for t in test[1:]):
-        raise ValueError("the runs were tested on different sites (different splits); an ensemble's zero-shot "
-                         "score needs one split")
-    split_df = splits[0]
-    ens = evaluation.ensemble(preds)
-    scores = evaluation.evaluate(ens, open_store(stores[0]), split_df)
-    name = str(split_df["split"].iloc[0]) if "split" in split_df else str(scores.attrs.get("split"))
-    if "seed" in split_df and pd.notna(split_df["seed"].iloc[0]):
-        name = f"{name} (seed {int(split_df['seed'].iloc[0])})"
-    return evaluation.to_frame(scores), name
+    return {"products": products, "scores": csv, "diagnostics": diags}

@@ -24,6 +24,7 @@ from cbgrid import catalog, schema, store
 from cbgrid.cli import main
 from cbgrid.recipe import parse_recipe
 from cbgrid.sources import earthengine as E
+from cbgrid.sources.twin import TwinDrivers
 
 START, END = "2003-12-30", "2004-02-16"  # two year-chunks; 2004-02-14 (doy 45) has no MOD09GA image
 REFL = [f"sur_refl_b0{i}" for i in range(1, 8)]
@@ -306,10 +307,10 @@ def test_merge_keeps_or_replaces_features_only_for_the_acquired_sites(sites, tmp
     first = {"temperature_2m": np.ones((3, 5)), schema.GPP: np.zeros((3, 5))}
     store.write_store(schema.site_dataset(first, sites, days), path, progress=False)
     again = schema.site_dataset({"temperature_2m": np.full((1, 5), 2.0)}, sites.iloc[1:2], days)
-    r = E.merge_into_store(again, path)
+    r = store.merge(again, path)
     assert r["sites_added"] == 0 and r["variables_added"] == []
     assert float(store.open_store(path).temperature_2m.sum()) == 15
-    E.merge_into_store(again, path, overwrite=True)
+    store.merge(again, path, overwrite=True)
     np.testing.assert_array_equal(store.open_store(path).temperature_2m.values[:, 0], [1, 2, 1])
 
 
@@ -439,7 +440,7 @@ def test_large_time_chunks_are_fetched_in_requests_under_the_limit(fake_xee):
 
 def test_open_grid_rejects_other_sources_and_huge_chunks(fake_xee):
     with pytest.raises(ValueError, match="not 'earthengine'"):
-        E.open_grid(_recipe().replace(drivers=_recipe().drivers.__class__(source="twin")))
+        E.open_grid(_recipe().replace(drivers=TwinDrivers()))
     with pytest.raises(ValueError, match="per-request limit"):
         E.open_drivers(np.arange(2500) * 0.1, np.arange(2500) * 0.1, "2004-01-01", "2004-01-02", chunks={"lat": 2500, "lon": 2500})
     with pytest.raises(ValueError, match="regular"):

@@ -7,7 +7,11 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from cbgrid.models.nets import NETWORKS, PUBLISHED_HPARAMS, n_parameters
+from cbgrid import models
+from cbgrid.models import n_parameters
+
+NETWORKS = {name: models.network_class(name) for name in models.NETWORKS}
+PUBLISHED_HPARAMS = {(m, s): models.hyperparameters(m, s) for m in models.NETWORKS for s in ("igbp", "koppen")}
 
 N_FEATURES, N_STATIC, N_ONEHOT, WINDOW, HORIZON, K = 4, 2, 5, 30, 15, 3
 SMALL = dict(hidden=16, layers=2, dropout=0.1, nhead=2, latent=8)

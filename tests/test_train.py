@@ -11,7 +11,7 @@ import torch
 import xarray as xr
 from torch import nn
 
-from cbgrid import models, schema, splits, store, train
+from cbgrid import models, runs, schema, splits, store, train
 from cbgrid.cli import main
 from cbgrid.schema import TARGETS
 
@@ -45,7 +45,11 @@ class TinyTemporal(nn.Module):
         return self.net(torch.cat([x, ctx], -1))
 
 
-models.register_network("tiny_temporal", TinyTemporal)
+@pytest.fixture(autouse=True, scope="module")
+def _tiny_temporal_registered():
+    """The test network is registered for this module only."""
+    with models.registered("tiny_temporal", TinyTemporal):
+        yield
 
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
@@ -114,7 +118,7 @@ def test_saved_run_reproduces_predictions(tmp_path, twin_ds, split):
     files = {p.name for p in out.iterdir()}
     assert {"config.json", "scaling.json", "members", "curves.csv", "split.csv", "predictions.nc"} <= files
     assert sorted(p.name for p in (out / "members").iterdir()) == ["seed-00.pt", "seed-01.pt"]
-    loaded = train.load_run(out, device="cpu")
+    loaded = runs.load_run(out, device="cpu")
     assert loaded.model_name == "tamrl" and loaded.kind == "temporal" and loaded.config["seeds"] == [0, 1]
     again = loaded.predict(twin_ds.sel(site=splits.test_sites(split)))
     np.testing.assert_allclose(again["prediction"].values, run.predictions["prediction"].values, rtol=1e-5, atol=1e-5)
@@ -132,7 +136,7 @@ def test_tree_run_roundtrip_and_block_independence(tmp_path, twin_ds, split):
     out = tmp_path / "xgb"
     run = train.fit(twin_ds, split, quick("xgboost", seeds=3), out=out)
     assert run.config["fitted_seeds"] == [0]  # deterministic trees: one fit serves all seeds
-    loaded = train.load_run(out)
+    loaded = runs.load_run(out)
     test = twin_ds.sel(site=splits.test_sites(split))
     np.testing.assert_array_equal(loaded.predict(test)["prediction"].values, run.predictions["prediction"].values)
     # prediction is per site: blocks of one site give the same numbers
@@ -163,7 +167,7 @@ def test_cuda_run_matches_its_cpu_prediction(tmp_path, twin_ds, split, model):
     run = train.fit(twin_ds, split, quick(model, device="cuda", max_epochs=2), out=tmp_path / "r")
     assert run.config["device"] == "cuda"
     test = twin_ds.sel(site=splits.test_sites(split))
-    on_cpu = train.load_run(tmp_path / "r", device="cpu").predict(test)["prediction"].values
+    on_cpu = runs.load_run(tmp_path / "r", device="cpu").predict(test)["prediction"].values
     np.testing.assert_allclose(on_cpu, run.predictions["prediction"].values, rtol=1e-3, atol=1e-3)
 
 
@@ -209,7 +213,7 @@ def test_failed_run_leaves_nothing(tmp_path, twin_ds, split, monkeypatch):
     def boom(*a, **k):
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(train.Run, "predict", boom)
+    monkeypatch.setattr(runs.Run, "predict", boom)
     with pytest.raises(RuntimeError):
         train.fit(twin_ds, split, quick("tiny_temporal", max_epochs=1), out=tmp_path / "r")
     assert list(tmp_path.iterdir()) == []

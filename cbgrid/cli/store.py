@@ -6,6 +6,8 @@ import argparse
 import logging
 from pathlib import Path
 
+from cbgrid import splits
+
 log = logging.getLogger(__name__)
 
 
@@ -33,7 +35,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("split", help="write the train/test site membership (and 5 CV folds) as CSV")
     p.add_argument("store", type=Path)
-    p.add_argument("--by", required=True, choices=["igbp", "koppen", "official-igbp", "official-koppen"])
+    p.add_argument("--by", required=True, choices=splits.KINDS)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=None, help="CSV path (default: splits/<by>-seed<seed>.csv beside the store)")
     p.set_defaults(func=cmd_split)
@@ -57,15 +59,8 @@ def cmd_ingest(args) -> int:
 
     sites = pd.read_csv(args.sites, keep_default_na=False) if args.sites else None
     new = fluxnet.read_many(args.files, sites=sites)
-    if args.out.exists():
-        added = store.append_sites(new, args.out)
-        log.info("added %d site(s) to %s", len(added), args.out)
-    else:
-        days = pd.date_range(args.start, args.end, freq="D")
-        outside = int((~new.indexes["time"].isin(days)).sum())
-        if outside:
-            log.warning("%d day(s) fall outside %s..%s and are dropped", outside, args.start, args.end)
-        store.write_store(new.reindex(time=days), args.out)
+    result = store.merge(new, args.out, period=(args.start, args.end), progress=not args.quiet)
+    log.info("%s %s: %d site(s) added", "created" if result["created"] else "updated", args.out, result["sites_added"])
     print_summary(store.open_store(args.out), args.out)
     return 0
 
@@ -78,7 +73,7 @@ def cmd_info(args) -> int:
 
 
 def cmd_split(args) -> int:
-    from cbgrid import splits, store
+    from cbgrid import store
 
     df = splits.make_split(store.open_store(args.store), by=args.by, seed=args.seed)
     out = args.out or args.store.parent / "splits" / f"{args.by}-seed{args.seed}.csv"

@@ -6,6 +6,8 @@ import argparse
 import logging
 from pathlib import Path
 
+from cbgrid import catalog, models, splits
+
 log = logging.getLogger(__name__)
 
 
@@ -13,10 +15,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train a model on a store's training sites and predict its test sites")
     p.add_argument("--store", required=True, type=Path, help="benchmark store (Zarr)")
     p.add_argument("--split", default="koppen",
-                   help="split kind (igbp, koppen, official-igbp, official-koppen) or a split CSV (cbgrid split)")
+                   help=f"split kind ({', '.join(splits.KINDS)}) or a split CSV (cbgrid split)")
     p.add_argument("--split-seed", type=int, default=0, help="seed of the split when --split is a kind")
-    p.add_argument("--model", required=True, help="xgboost, lightgbm, mlp, lstm, ctlstm, gru, ctgru, transformer, patch_transformer, tamrl")
-    p.add_argument("--feature-set", default="minimal", choices=["minimal", "standard", "full"])
+    p.add_argument("--model", required=True, help=f"one of {', '.join(models.available())}")
+    p.add_argument("--feature-set", default="minimal", choices=catalog.FEATURE_SETS)
     p.add_argument("--seeds", type=int, default=10, help="seed ensemble size (default 10, as published)")
     p.add_argument("--first-seed", type=int, default=0)
     p.add_argument("--max-epochs", type=int, default=100)
@@ -59,8 +61,6 @@ def _read_grid(path: Path) -> dict:
 
 
 def _split(args, ds):
-    from cbgrid import splits
-
     if args.split in splits.KINDS:
         return splits.make_split(ds, by=args.split, seed=args.split_seed)
     path = Path(args.split)
@@ -70,7 +70,7 @@ def _split(args, ds):
 
 
 def cmd_train(args) -> int:
-    from cbgrid import models, store, train
+    from cbgrid import store, train
 
     models.spec(args.model)  # unknown names fail before the store is opened
     if args.out.exists() and not args.overwrite:
@@ -95,10 +95,11 @@ def cmd_train(args) -> int:
 def cmd_predict(args) -> int:
     import pandas as pd
 
-    from cbgrid import store, train
+    from cbgrid import runs, store
+    from cbgrid.atomic import replace_file
     from cbgrid.schema import SITE
 
-    run = train.load_run(args.run, device=args.device)
+    run = runs.load_run(args.run, device=args.device)
     ds = store.open_store(args.store)
     if args.sites == "test":
         if run.split is None or "set" not in run.split:
@@ -113,9 +114,7 @@ def cmd_predict(args) -> int:
         ds = ds.isel({SITE: ids.get_indexer(have)})
     pred = run.predict(ds, block_sites=args.block_sites, progress=not args.quiet)
     out = args.out or args.run / f"predictions-{Path(args.store).name.split('.')[0]}.nc"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    pred.to_netcdf(tmp, encoding=train._nc_encoding(pred))
-    tmp.replace(out)
+    with replace_file(out) as tmp:
+        pred.to_netcdf(tmp, encoding=runs.nc_encoding(pred))
     print(f"{out}: {run.model_name} predictions for {pred.sizes[SITE]} sites x {pred.sizes['time']} days")
     return 0

@@ -1,64 +1,149 @@
 """The model registry: one name space and one interface for trees and networks.
 
 ``spec(name)`` says what a model is (family 'tree' or 'network', kind 'static' or 'temporal');
-``hyperparameters(name, split)`` gives its published defaults; ``build_network`` constructs a
-torch network and ``cbgrid.models.trees.TreeModel`` a gradient-boosted ensemble. Training and
-prediction (``cbgrid.train``) go through ``spec`` only, never through a model name.
+``hyperparameters(name, split)`` gives its published defaults (``catalogs/hyperparameters.yaml``);
+``network_class`` / ``tree_class`` give the class. Training (``cbgrid.members``) goes through
+``spec`` and these classes only, never through a model name.
 
-Networks come from ``cbgrid.models.nets.NETWORKS`` (nn.Module classes with class attributes
-``kind`` and ``needs_context``, constructed as ``cls(n_features, n_static, n_onehot,
-n_targets=3, window=30, horizon=15, hidden=..., layers=..., dropout=..., **extra)``);
-``register_network`` adds one (a user's own architecture, or a test double).
+Both registries name classes by import path, so nothing heavy (torch, xgboost) is imported
+until a model is used. Adding a model is one new module plus one line here:
+
+* a network is an ``nn.Module`` with class attributes ``kind`` ('static' | 'temporal') and
+  ``needs_context``, built as ``cls(n_features, n_static, n_onehot, n_targets=3, window=30,
+  horizon=15, hidden=..., layers=..., dropout=..., **extra)`` and called on a batch dict
+  (see ``cbgrid.models.mlp``);
+* a tree library is a ``cbgrid.models.trees.TreeModel`` subclass (see ``cbgrid.models.xgb``).
+
+``register_network`` / ``register_tree`` add one at run time (a user's own model or a test
+double); ``registered`` does so for the length of a ``with`` block.
 """
 
 from __future__ import annotations
 
+import contextlib
+import importlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 
-TREES = ("xgboost", "lightgbm")
-_EXTRA: dict[str, type] = {}
+from cbgrid import catalog
+
+#: Built-in networks: name -> "module:Class".
+NETWORKS = {
+    "mlp": "cbgrid.models.mlp:MLP",
+    "lstm": "cbgrid.models.recurrent:LSTM",
+    "ctlstm": "cbgrid.models.recurrent:CTLSTM",
+    "gru": "cbgrid.models.recurrent:GRU",
+    "ctgru": "cbgrid.models.recurrent:CTGRU",
+    "transformer": "cbgrid.models.transformer:Transformer",
+    "patch_transformer": "cbgrid.models.transformer:PatchTransformer",
+    "tamrl": "cbgrid.models.tamrl:TAMRL",
+}
+#: Built-in gradient-boosted tree libraries: name -> "module:Class".
+TREES = {
+    "xgboost": "cbgrid.models.xgb:XGBoostTrees",
+    "lightgbm": "cbgrid.models.lgbm:LightGBMTrees",
+}
+_EXTRA_NETWORKS: dict[str, type] = {}
+_EXTRA_TREES: dict[str, type] = {}
 
 
 @dataclass(frozen=True)
 class ModelSpec:
+    """What a model is: its family ('tree' | 'network') and kind ('static' | 'temporal')."""
+
     name: str
-    family: str  # 'tree' | 'network'
-    kind: str  # 'static' | 'temporal'
+    family: str
+    kind: str
     needs_context: bool = False
 
 
-def _networks() -> dict[str, type]:
+def _load(ref: str | type) -> type:
+    if isinstance(ref, type):
+        return ref
+    module, _, attr = ref.partition(":")
     try:
-        from cbgrid.models.nets import NETWORKS
-    except ImportError:
-        NETWORKS = {}
-    return {**NETWORKS, **_EXTRA}
+        mod = importlib.import_module(module)
+    except ImportError as e:
+        raise ImportError(f"model class {ref} needs a package that is not installed ({e}); "
+                          "install the training extra: pip install 'cbgrid[train]'") from e
+    return getattr(mod, attr)
 
 
-def register_network(name: str, cls: type) -> None:
-    """Make network class ``cls`` trainable as model ``name`` (see module doc for the contract)."""
-    if name in TREES:
-        raise ValueError(f"{name!r} is a tree model name")
-    if getattr(cls, "kind", None) not in ("static", "temporal"):
-        raise ValueError(f"network {name!r} needs a class attribute kind = 'static' or 'temporal'")
-    _EXTRA[name] = cls
+def _networks() -> dict:
+    return {**NETWORKS, **_EXTRA_NETWORKS}
+
+
+def _trees() -> dict:
+    return {**TREES, **_EXTRA_TREES}
 
 
 def available() -> list[str]:
-    """Every model name: the trees, then the networks."""
-    return [*TREES, *_networks()]
+    """Every model name: the trees, then the networks.
+
+    >>> available()[:3]
+    ['xgboost', 'lightgbm', 'mlp']
+    """
+    return [*_trees(), *_networks()]
+
+
+def register_network(name: str, cls: type) -> None:
+    """Make network class ``cls`` trainable as model ``name`` (see the module doc for the contract)."""
+    if name in _trees():
+        raise ValueError(f"{name!r} is a tree model name")
+    if getattr(cls, "kind", None) not in ("static", "temporal"):
+        raise ValueError(f"network {name!r} needs a class attribute kind = 'static' or 'temporal'")
+    _EXTRA_NETWORKS[name] = cls
+
+
+def register_tree(name: str, cls: type) -> None:
+    """Make tree class ``cls`` (a ``TreeModel`` subclass) trainable as model ``name``."""
+    if name in _networks():
+        raise ValueError(f"{name!r} is a network name")
+    _EXTRA_TREES[name] = cls
+
+
+def unregister(name: str) -> None:
+    """Remove a model added with ``register_network`` / ``register_tree``."""
+    _EXTRA_NETWORKS.pop(name, None)
+    _EXTRA_TREES.pop(name, None)
+
+
+@contextlib.contextmanager
+def registered(name: str, cls: type) -> Iterator[None]:
+    """Register ``cls`` as model ``name`` inside a ``with`` block only (tests, experiments)."""
+    family = "tree" if hasattr(cls, "fit_one") else "network"
+    (register_tree if family == "tree" else register_network)(name, cls)
+    try:
+        yield
+    finally:
+        unregister(name)
+
+
+def _unknown(name: str) -> ValueError:
+    return ValueError(f"unknown model {name!r}; choose one of {', '.join(available())}")
 
 
 def network_class(name: str) -> type:
     nets = _networks()
     if name not in nets:
-        raise ValueError(f"unknown model {name!r}; choose one of {', '.join(available())}")
-    return nets[name]
+        raise _unknown(name)
+    return _load(nets[name])
+
+
+def tree_class(name: str) -> type:
+    trees = _trees()
+    if name not in trees:
+        raise _unknown(name)
+    return _load(trees[name])
 
 
 def spec(name: str) -> ModelSpec:
-    """What model ``name`` is; raises ValueError listing the known names."""
-    if name in TREES:
+    """What model ``name`` is; raises ValueError listing the known names.
+
+    >>> spec("xgboost")
+    ModelSpec(name='xgboost', family='tree', kind='static', needs_context=False)
+    """
+    if name in _trees():
         return ModelSpec(name, "tree", "static")
     cls = network_class(name)
     return ModelSpec(name, "network", cls.kind, bool(getattr(cls, "needs_context", False)))
@@ -67,23 +152,19 @@ def spec(name: str) -> ModelSpec:
 def hyperparameters(name: str, split: str = "koppen") -> dict:
     """Published defaults of ``name`` for ``split`` ('igbp' or 'koppen'; 'official-*' map to them).
 
-    Trees: the CarbonBench XGBoost/LightGBM settings. Networks: ``PUBLISHED_HPARAMS`` of
-    ``cbgrid.models.nets`` (hidden, dropout, lr, layers and extras such as nhead/latent);
-    networks without a published row get {}.
+    >>> hyperparameters("lightgbm")["learning_rate"]
+    0.05
     """
-    split = str(split).removeprefix("official-")
-    if name in TREES:
-        from cbgrid.models.trees import PUBLISHED
-
-        return dict(PUBLISHED[name])
-    network_class(name)
-    try:
-        from cbgrid.models.nets import PUBLISHED_HPARAMS
-    except ImportError:
-        return {}
-    return dict(PUBLISHED_HPARAMS.get((name, split), {}))
+    if name not in _trees() and name not in _networks():
+        raise _unknown(name)
+    return catalog.hyperparameters(name, split)
 
 
 def build_network(name: str, n_features: int, n_static: int, n_onehot: int, **hp):
     """Construct network ``name``; ``hp`` are constructor arguments (hidden, layers, dropout, ...)."""
     return network_class(name)(n_features, n_static, n_onehot, **hp)
+
+
+def n_parameters(model) -> int:
+    """Number of trainable parameters of a torch module."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)

@@ -15,6 +15,7 @@ functions do so when they have something to fetch).
 from __future__ import annotations
 
 import concurrent.futures
+import importlib.util
 import logging
 import math
 import os
@@ -23,7 +24,6 @@ import re
 import socket
 import threading
 import time
-import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +33,11 @@ import pandas as pd
 import xarray as xr
 
 from cbgrid import catalog, schema
-from cbgrid.atomic import replace_file
+from cbgrid.atomic import replace_dir, replace_file
+from cbgrid.progress import bar as progress_bar
+from cbgrid.progress import compute as progress_compute
+from cbgrid.recipe import RecipeError, check_keys
+from cbgrid.sources import register_driver_source
 
 log = logging.getLogger(__name__)
 
@@ -376,15 +380,13 @@ def acquire_sites(
     it stopped. If any chunk fails, the others are kept in the cache and
     :class:`EarthEngineError` is raised: no partial Dataset is ever returned.
     """
-    from tqdm.auto import tqdm
-
     cache_dir = Path(cache_dir)
     tasks = plan_sites(sites, start, end, feature_set)
     todo = [t for t in tasks if _read_cached(t.cache_path(cache_dir), source_variables(t.source, feature_set)) is None]
     log.info("%d of %d site chunks cached in %s; %d to fetch", len(tasks) - len(todo), len(tasks), cache_dir, len(todo))
     if todo:
         initialize(project)
-        _run(todo, feature_set, cache_dir, workers=workers, max_tries=max_tries, bar=tqdm(total=len(todo), desc="Earth Engine site chunks", unit="chunk", disable=not progress or None))
+        _run(todo, feature_set, cache_dir, workers=workers, max_tries=max_tries, bar=progress_bar(total=len(todo), desc="Earth Engine site chunks", unit="chunk", progress=progress))
     return assemble_sites(sites, start, end, feature_set=feature_set, cache_dir=cache_dir)
 
 
@@ -447,42 +449,6 @@ def assemble_sites(sites: pd.DataFrame, start, end, *, feature_set: str = "minim
     return ds
 
 
-def merge_into_store(ds: xr.Dataset, path, *, overwrite: bool = False, progress: bool = True) -> dict:
-    """Write ``ds`` as a new store, or merge it into an existing one.
-
-    Existing store: variables it lacks are added for its sites, then sites it lacks are
-    appended; variables it already has are kept unless ``overwrite`` (then replaced for the
-    acquired sites only). Days outside the store period are dropped by the store.
-    """
-    from cbgrid import store
-
-    path = Path(path)
-    if not path.exists():
-        store.write_store(ds, path, progress=progress)
-        return {"created": True, "sites_added": ds.sizes[schema.SITE], "variables_added": list(ds.data_vars)}
-    cur = store.open_store(path)
-    in_store = ds[schema.SITE].isin(cur[schema.SITE].values.tolist())
-    new_vars = [v for v in ds.data_vars if v not in cur.data_vars]
-    kept = [v for v in ds.data_vars if v in cur.data_vars]
-    if new_vars:
-        store.add_variables(ds[new_vars], path)
-    if kept and overwrite and bool(in_store.any()):
-        import dask.array as da
-
-        mask = cur[schema.SITE].isin(ds[schema.SITE].values).values[:, None]
-        sub = ds[kept].reindex({schema.SITE: cur[schema.SITE].values, schema.TIME: cur.indexes[schema.TIME]})
-        # Loaded before writing: the replaced arrays are deleted from the store first.
-        merged = xr.Dataset(
-            {v: cur[v].copy(data=da.where(mask, sub[v].transpose(*schema.DIMS).data, cur[v].data)) for v in kept}
-        ).compute()
-        store.add_variables(merged, path, overwrite=True)
-    elif kept and bool(in_store.any()):
-        log.warning("%s already has %s for its sites; kept (pass overwrite to replace)", path, ", ".join(kept))
-    added = store.append_sites(ds.sel({schema.SITE: ~in_store}), path) if bool((~in_store).any()) else []
-    replaced = kept if overwrite and bool(in_store.any()) else []
-    return {"created": False, "sites_added": len(added), "variables_added": new_vars, "variables_replaced": replaced}
-
-
 # --------------------------------------------------------------------------- grids (xee)
 
 #: Earth Engine's computePixels limit per request (xee's default request_byte_limit).
@@ -529,12 +495,6 @@ def grid_collection(source: str, start, end, *, feature_set: str = "minimal", cr
     return source_collection(source, start, end, feature_set).map(to_grid)
 
 
-def _coord_attrs(name: str) -> dict:
-    if name == "lat":
-        return {"standard_name": "latitude", "units": "degrees_north", "axis": "Y", "long_name": "latitude of cell centre"}
-    return {"standard_name": "longitude", "units": "degrees_east", "axis": "X", "long_name": "longitude of cell centre"}
-
-
 def open_drivers(
     lat,
     lon,
@@ -566,8 +526,6 @@ def open_drivers(
             "per-request limit; use smaller lat/lon chunks"
         )
     io_days = min(math.ceil(ct / math.ceil(ct * per_day / REQUEST_BYTE_LIMIT)), REQUEST_BYTE_LIMIT // per_day)
-    import importlib.util
-
     if importlib.util.find_spec("xee") is None:
         raise EarthEngineError("xee is not installed: pip install 'xee>=0.1,<0.2'")
     crs = "EPSG:4326"
@@ -624,7 +582,8 @@ def normalise_grid(ds: xr.Dataset, lat, lon, start, end, *, feature_set: str = "
         if not np.allclose(got, want, rtol=0, atol=1e-6):
             i = int(np.argmax(np.abs(got - want)))
             raise EarthEngineError(f"xee {name} {got[i]} differs from the grid's {want[i]} at index {i}")
-    ds = ds.assign_coords(lat=("lat", lat, _coord_attrs("lat")), lon=("lon", lon, _coord_attrs("lon")))
+    ds = ds.assign_coords(lat=("lat", lat, schema.lat_attrs("latitude of cell centre", axis=True)),
+                          lon=("lon", lon, schema.lon_attrs("longitude of cell centre", axis=True)))
     t = pd.DatetimeIndex(ds.indexes["time"]).normalize()
     ds = ds.assign_coords(time=t)
     if t.has_duplicates:
@@ -662,8 +621,8 @@ def open_grid(recipe, *, project: str | None = None, chunks: dict | None = None,
     project comes from ``project``, else ``drivers.project``, else $EARTHENGINE_PROJECT.
     ``chunks`` defaults to 32 days × the recipe's spatial chunks. See :func:`open_drivers`.
     """
-    if recipe.drivers.source != "earthengine":
-        raise ValueError(f"recipe {recipe.name!r} has drivers.source {recipe.drivers.source!r}, not 'earthengine'")
+    if recipe.drivers.name != "earthengine":
+        raise ValueError(f"recipe {recipe.name!r} has drivers.source {recipe.drivers.name!r}, not 'earthengine'")
     chunks = {"time": 32, **dict(recipe.chunks), **(chunks or {})}
     return open_drivers(
         recipe.grid.lat,
@@ -679,39 +638,39 @@ def open_grid(recipe, *, project: str | None = None, chunks: dict | None = None,
 
 def save_grid(ds: xr.Dataset, path, *, overwrite: bool = False, progress: bool = True) -> Path:
     """Persist an opened grid to Zarr v3, computing chunk by chunk; atomic (write beside, rename)."""
-    import shutil
-
-    from dask.callbacks import Callback
-    from tqdm.auto import tqdm
-
     path = Path(path)
-    if path.exists() and not overwrite:
-        raise FileExistsError(f"{path} exists; pass --overwrite to replace it")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
     enc = {"time": {"units": schema.TIME_UNITS, "calendar": "proleptic_gregorian", "dtype": "int32"}}
     enc.update({v: {"fill_value": np.float32("nan")} for v in ds.data_vars})
-
-    class _Bar(Callback):
-        def _start_state(self, dsk, state):
-            total = sum(len(state[k]) for k in ("ready", "waiting", "running"))
-            self.bar = tqdm(total=total or None, desc=f"writing {path.name}", unit="task", disable=not progress or None)
-
-        def _posttask(self, key, result, dsk, state, worker_id):
-            self.bar.update(1)
-
-        def _finish(self, dsk, state, errored):
-            self.bar.close()
-
-    try:
+    with replace_dir(path, overwrite=overwrite, hint="pass --overwrite to replace it") as tmp:
         delayed = ds.to_zarr(tmp, mode="w-", zarr_format=3, consolidated=False, compute=False, encoding=enc)
-        with _Bar():
-            delayed.compute()
-        if path.exists():
-            shutil.rmtree(path)
-        os.replace(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        progress_compute(delayed, desc=f"writing {path.name}", progress=progress)
     log.info("wrote %s: %s", path, dict(ds.sizes))
     return path
+
+
+# --------------------------------------------------------------------------- as a recipe's driver source
+
+
+@register_driver_source
+@dataclass(frozen=True)
+class EarthEngineDrivers:
+    """``drivers: {source: earthengine, project: ..., feature_set: minimal}``: ERA5-Land and
+    MOD09GA area-averaged onto the recipe grid server-side and read lazily through xee."""
+
+    name = "earthengine"
+    project: str | None = None
+    feature_set: str = "minimal"
+
+    @classmethod
+    def from_mapping(cls, doc, where: str) -> EarthEngineDrivers:
+        d = check_keys(doc, ("project", "feature_set"), where)
+        feature_set = str(d.get("feature_set", "minimal"))
+        if feature_set not in catalog.FEATURE_SETS:
+            raise RecipeError(f"{where}: feature_set is {feature_set!r}; use one of {', '.join(catalog.FEATURE_SETS)}")
+        project = d.get("project")
+        return cls(project=None if project in (None, "") else str(project), feature_set=feature_set)
+
+    def open(self, grid, days, context, *, chunks, base: Path) -> xr.Dataset:
+        days = pd.DatetimeIndex(days)
+        return open_drivers(grid.lat, grid.lon, days[0], days[-1], feature_set=self.feature_set, project=self.project,
+                            chunks={"time": len(days), **dict(chunks)})

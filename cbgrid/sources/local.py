@@ -23,6 +23,7 @@ from __future__ import annotations
 import glob
 import logging
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +31,8 @@ import pandas as pd
 import xarray as xr
 
 from cbgrid import catalog
+from cbgrid.recipe import RecipeError, check_keys
+from cbgrid.sources import register_driver_source
 
 log = logging.getLogger(__name__)
 
@@ -270,3 +273,38 @@ def open_local(paths: Sequence[str], *, engine: str | None = None, variables: Ma
     ds = ds.transpose("time", "lat", "lon").astype(np.float32)
     chunks = dict(chunks or {})
     return ds.chunk({"time": -1, "lat": chunks.get("lat", -1), "lon": chunks.get("lon", -1)})
+
+
+@register_driver_source
+@dataclass(frozen=True)
+class LocalDrivers:
+    """``drivers: {source: local, paths: [...], engine: ..., variables: {store: file}}``.
+
+    Relative paths are looked for in the working directory, then beside the recipe.
+    """
+
+    name = "local"
+    paths: tuple[str, ...] = ()
+    engine: str | None = None
+    variables: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_mapping(cls, doc, where: str) -> LocalDrivers:
+        d = check_keys(doc, ("paths", "engine", "variables"), where)
+        paths = d.get("paths") or ()
+        paths = (paths,) if isinstance(paths, str) else tuple(str(p) for p in paths)
+        if not paths:
+            raise RecipeError(f"{where}: paths must list the local NetCDF/GRIB/Zarr files for source 'local'")
+        engine = d.get("engine")
+        if engine is not None and engine not in ENGINES:
+            raise RecipeError(f"{where}: engine is {engine!r}; use one of {', '.join(ENGINES)}")
+        variables = d.get("variables") or {}
+        if not isinstance(variables, dict):
+            raise RecipeError(f"{where}: variables must map store names to the files' names, got {variables!r}")
+        return cls(paths=paths, engine=engine, variables=dict(variables))
+
+    def open(self, grid, days, context, *, chunks, base: Path) -> xr.Dataset:
+        paths = [p if Path(p).is_absolute() or Path(p).exists() or glob.glob(p) else str(Path(base) / p)
+                 for p in self.paths]
+        return open_local(paths, engine=self.engine, variables=self.variables, lat=grid.lat, lon=grid.lon,
+                          days=days, chunks=dict(chunks))

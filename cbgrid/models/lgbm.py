@@ -1,0 +1,41 @@
+"""LightGBM histogram trees."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from cbgrid.models.trees import TreeModel
+
+
+class LightGBMTrees(TreeModel):
+    name, suffix = "lightgbm", "txt"
+    stochastic_params = ("bagging_fraction", "subsample", "feature_fraction", "colsample_bytree")
+
+    def fit_one(self, x, y, w, val, seed):
+        import lightgbm as lgb
+
+        p = dict(self.params)
+        rounds = int(p.pop("n_estimators"))
+        p.update(seed=seed, deterministic=True, verbosity=-1, metric="rmse")
+        if self.threads:
+            p["num_threads"] = self.threads
+        dtrain = lgb.Dataset(x, y, weight=w, free_raw_data=True)
+        res, callbacks, valid = {}, [], []
+        if val is not None:
+            valid = [lgb.Dataset(val[0], val[1], weight=val[2], reference=dtrain)]
+            callbacks = [lgb.early_stopping(self.patience, verbose=False), lgb.record_evaluation(res)]
+        bst = lgb.train(p, dtrain, num_boost_round=rounds, valid_sets=valid, valid_names=["val"][: len(valid)],
+                        callbacks=callbacks)
+        if valid:
+            bst = lgb.Booster(model_str=bst.model_to_string(num_iteration=bst.best_iteration))
+        return bst, np.asarray(res.get("val", {}).get("rmse", []), float)
+
+    def predict_one(self, booster, data):
+        return booster.predict(data, num_threads=self.threads or 0)
+
+    def load_one(self, path: Path):
+        import lightgbm as lgb
+
+        return lgb.Booster(model_file=str(path))

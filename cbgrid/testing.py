@@ -1,0 +1,201 @@
+"""Builders and assertions for testing code that uses cbgrid (its own suite uses them too).
+
+Small deterministic stand-ins for every stage's input, each following the stage contracts:
+
+* :func:`site_store` — a schema-conformant (site, time) store Dataset with random targets;
+* :func:`predictions` — the predictions contract for a store's sites;
+* :func:`banded_context` / :func:`random_context` — grid contexts without reading the rasters;
+* :func:`random_fluxes` — (time, lat, lon) fluxes for the product writer;
+* :class:`StubPredictor` — a ``cbgrid.contracts.Predictor`` with a light/temperature response;
+* :class:`MemoryWriter` — a ``cbgrid.contracts.BlockWriter`` that keeps the blocks in memory;
+* :func:`assert_product_ok`, :func:`assert_predictions_ok` — the checks a product or a
+  predictions Dataset must pass.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+
+from cbgrid import catalog, product, schema
+from cbgrid.grid import Grid, cell_area
+from cbgrid.schema import GPP, NEE, QC, RECO, TARGETS
+
+
+def site_store(n_sites: int = 6, start="2010-01-01", days: int = 60, seed: int = 0, *, sites: Sequence[str] | None = None,
+               qc_fraction: float | None = None, gaps: float = 0.0, extra: Sequence[str] = ("temperature_2m",)) -> xr.Dataset:
+    """A small store Dataset on catalog sites with random targets (NEE = RECO − GPP) and QC.
+
+    ``qc_fraction``: share of QC = 1 days (the rest uniform in [0, 1)); None: QC ∈ {0.5, 1}.
+    ``gaps``: share of GPP days set missing. ``extra``: feature variables filled with noise.
+
+    >>> ds = site_store(n_sites=3, days=10)
+    >>> dict(ds.sizes)
+    {'site': 3, 'time': 10}
+    """
+    rng = np.random.default_rng(seed)
+    cat = catalog.sites()
+    table = cat.iloc[:n_sites] if sites is None else cat.set_index("site").loc[list(sites)].reset_index()
+    table = table.reset_index(drop=True)
+    n = len(table)
+    time = pd.date_range(start, periods=days, freq="D")
+    gpp = rng.gamma(2.0, 2.0, (n, days))
+    reco = rng.gamma(2.0, 1.5, (n, days))
+    if qc_fraction is None:
+        qc = rng.choice([0.5, 1.0], (n, days))
+    else:
+        qc = np.where(rng.random((n, days)) < qc_fraction, 1.0, rng.uniform(0, 0.99, (n, days)))
+    data = {GPP: gpp, RECO: reco, NEE: reco - gpp, QC: qc}
+    if gaps:
+        data[GPP][rng.random((n, days)) < gaps] = np.nan
+    for name in extra:
+        data[name] = 280 + 10 * rng.standard_normal((n, days)) if name == "temperature_2m" else rng.random((n, days))
+    return schema.site_dataset(data, table, time)
+
+
+def predictions(store: xr.Dataset, noise: float = 1.0, seed: int = 1, **attrs) -> xr.Dataset:
+    """The predictions contract for every site and day of ``store``: observations plus noise.
+
+    >>> p = predictions(site_store(n_sites=2, days=5))
+    >>> p["prediction"].dims
+    ('site', 'time', 'target')
+    """
+    rng = np.random.default_rng(seed)
+    obs = store[list(TARGETS)].to_dataarray("target").transpose("site", "time", "target")
+    pred = obs.fillna(0.0) + rng.normal(0, noise, obs.shape)
+    pred = pred.drop_vars([c for c in pred.coords if c not in ("site", "time", "target")])
+    base = dict(model="toy", split="igbp", feature_set="minimal", seeds="0", run="r0")
+    base.update(attrs)
+    ds = xr.Dataset({"prediction": pred.astype(np.float32)}, attrs=base)
+    ds["prediction"].attrs["units"] = schema.TARGET_UNITS
+    return ds
+
+
+def assert_predictions_ok(ds: xr.Dataset) -> None:
+    """Fail unless ``ds`` follows the predictions contract (docs/architecture.md)."""
+    assert "prediction" in ds, f"no 'prediction' variable: {list(ds.data_vars)}"
+    assert ds["prediction"].dims == ("site", "time", "target"), ds["prediction"].dims
+    assert ds["prediction"].dtype == np.float32
+    assert [str(t) for t in ds["target"].values] == list(TARGETS)
+    assert ds["prediction"].attrs.get("units") in (schema.TARGET_UNITS, schema.CF_FLUX_UNITS)
+    for c in ("lat", "lon", "igbp", "koppen"):
+        assert c in ds.coords, f"site coordinate {c} missing"
+
+
+def banded_context(grid: Grid) -> xr.Dataset:
+    """A deterministic grid context: an ocean band (|lon| < 40), an ice cap (lat < −60), land
+    classes by latitude elsewhere."""
+    lat, lon = grid.lat, grid.lon
+    la = np.broadcast_to(lat[:, None], (lat.size, lon.size))
+    lo = np.broadcast_to(lon[None, :], (lat.size, lon.size))
+    igbp = np.where(np.abs(lo) < 40, 0, np.where(la < -60, 15, 1 + (np.abs(la).astype(int) // 10) % 14)).astype(np.int16)
+    koppen = np.where(igbp == 0, 0, 1 + (np.abs(la).astype(int) // 20) % 5).astype(np.int16)
+    return xr.Dataset(
+        {
+            "igbp": (("lat", "lon"), igbp),
+            "koppen": (("lat", "lon"), koppen),
+            "land_fraction": (("lat", "lon"), (igbp != 0).astype(np.float32)),
+            "cell_area": (("lat", "lon"), cell_area(lat, lon)),
+            "modelled": (("lat", "lon"), (igbp != 0) & (igbp != 15)),
+        },
+        coords={"lat": lat, "lon": lon},
+    )
+
+
+def random_context(lat, lon, seed: int = 0) -> xr.Dataset:
+    """A random grid context (IGBP 0..16, Köppen 1..5 on land, random land fractions)."""
+    rng = np.random.default_rng(seed)
+    lat, lon = np.asarray(lat), np.asarray(lon)
+    shape = (lat.size, lon.size)
+    igbp = rng.integers(0, 17, shape)
+    return xr.Dataset(
+        {
+            "land_fraction": (("lat", "lon"), np.where(igbp == 0, 0.0, rng.random(shape)).astype(np.float32)),
+            "igbp": (("lat", "lon"), igbp),
+            "koppen": (("lat", "lon"), np.where(igbp == 0, 0, rng.integers(1, 6, shape))),
+        },
+        coords={"lat": lat, "lon": lon},
+    )
+
+
+def random_fluxes(lat, lon, days, seed: int = 0) -> xr.Dataset:
+    """(time, lat, lon) GPP, RECO and spreads for ``product.write_product``; two empty rows."""
+    rng = np.random.default_rng(seed)
+    shape = (len(days), len(lat), len(lon))
+    gpp = rng.gamma(2.0, 2.0, shape).astype(np.float32)
+    reco = (0.7 * gpp + rng.gamma(2.0, 1.0, shape)).astype(np.float32)
+    gpp[:, :2] = np.nan  # e.g. ocean rows
+    data = {"GPP": gpp, "RECO": reco, "GPP_sd": 0.1 * reco, "RECO_sd": 0.2 * reco, "NEE_sd": 0.3 * reco}
+    return xr.Dataset({k: (("time", "lat", "lon"), v) for k, v in data.items()},
+                      coords={"time": days, "lat": lat, "lon": lon})
+
+
+class StubPredictor:
+    """A stand-in trained run (``cbgrid.contracts.Predictor``): a light/temperature response.
+
+    ``window`` > 0 makes it temporal: each day's flux uses the mean temperature of the
+    ``window`` days ending that day and is NaN until that much history exists. Records the
+    first and last day of every Dataset it is asked to predict in ``seen_days``.
+    """
+
+    features = ["temperature_2m", "surface_solar_radiation_downwards_sum"]
+
+    def __init__(self, scale: float = 1.0, window: int = 0, spread: float = 0.1):
+        self.scale, self.window, self.spread = scale, window, spread
+        self.seen_days: list = []
+
+    @property
+    def history_days(self) -> int:
+        return self.window
+
+    def predict(self, ds: xr.Dataset, *, block_sites: int | None = None, progress: bool = False) -> xr.Dataset:
+        self.seen_days.append((ds.indexes["time"][0], ds.indexes["time"][-1]))
+        t = ds["temperature_2m"] - 273.15
+        if self.window:
+            t = t.rolling(time=self.window, min_periods=self.window).mean()
+        rad = ds["surface_solar_radiation_downwards_sum"] / 1e6
+        gpp = (self.scale * 0.3 * rad * np.exp(-(((t - 20) / 12) ** 2))).clip(0)
+        reco = 1.0 + 0.3 * gpp + 0.05 * t.clip(0) + 0.01 * ds["igbp"]
+        nee = reco - gpp + 0.05
+        pred = xr.concat([gpp, reco, nee], pd.Index(list(TARGETS), name="target"))
+        pred = pred.transpose("site", "time", "target").astype(np.float32)
+        return xr.Dataset({"prediction": pred, "prediction_std": (self.spread * abs(pred)).astype(np.float32)})
+
+
+class MemoryWriter:
+    """A ``cbgrid.contracts.BlockWriter`` that assembles the blocks into in-memory arrays.
+
+    >>> w = MemoryWriter((2, 3, 4))
+    >>> w.write(0, 1, gpp=np.ones((2, 3, 2)), reco=3 * np.ones((2, 3, 2)), gpp_sd=0, reco_sd=0, nee_sd=0)
+    >>> float(np.nansum(w.data["NEE"]))
+    24.0
+    """
+
+    def __init__(self, shape: tuple[int, int, int]):
+        self.data = {k: np.full(shape, np.nan, np.float32) for k in (*product.FLUXES, "GPP_sd", "RECO_sd", "NEE_sd")}
+        self.attrs: dict = {}
+
+    def write(self, i0: int, j0: int, *, gpp, reco, gpp_sd, reco_sd, nee_sd) -> None:
+        gpp, reco = np.asarray(gpp, np.float32), np.asarray(reco, np.float32)
+        ny, nx = gpp.shape[1:]
+        sl = (slice(None), slice(i0, i0 + ny), slice(j0, j0 + nx))
+        for name, arr in (("GPP", gpp), ("RECO", reco), ("NEE", reco - gpp), ("GPP_sd", gpp_sd),
+                          ("RECO_sd", reco_sd), ("NEE_sd", nee_sd)):
+            self.data[name][sl] = np.broadcast_to(np.asarray(arr, np.float32), gpp.shape)
+
+    def set_attrs(self, attrs: Mapping) -> None:
+        self.attrs.update(attrs)
+
+
+def assert_product_ok(path) -> xr.Dataset:
+    """Fail unless ``path`` is a valid cbgrid product (layout, units, fill, NEE = RECO − GPP
+    bit for bit); returns it opened with xarray."""
+    problems = product.check_product(path)
+    assert not problems, f"{path}: {problems}"
+    ds = product.open_product(path)
+    for name in ("lat", "lon", "time"):
+        assert ds[name].attrs.get("standard_name") in (name if name == "time" else {"lat": "latitude", "lon": "longitude"}[name],), name
+    return ds
