@@ -11,6 +11,7 @@ try:
 except PackageNotFoundError:  # running from a source tree without installation
     __version__ = "0.0.0"
 
+from cbgrid import accessor  # noqa: E402,F401  (registers ``ds.cbgrid``)
 from cbgrid.evaluation import evaluate  # noqa: E402
 from cbgrid.store import open_store  # noqa: E402
 

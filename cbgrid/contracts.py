@@ -10,6 +10,8 @@ Each stage talks to the next through one of these protocols, never by probing at
 * :class:`DriverSource` — a recipe's ``drivers:`` block: one config class per source, registered
   under its recipe name in ``cbgrid.sources``, that validates its own keys and opens lazy
   (time, lat, lon) drivers (``twin``, ``local``, ``earthengine``);
+* :class:`SiteSource` — a layout of site observations ``cbgrid ingest`` recognises and reads
+  (ONEFlux DD files, ...): one class per layout, registered in ``cbgrid.sources``;
 * :class:`BlockWriter` — where upscaled blocks go (``cbgrid.product.ProductWriter``;
   ``cbgrid.testing.MemoryWriter``).
 
@@ -92,6 +94,21 @@ class DriverSource(Protocol):
         ``context`` is the grid context (IGBP, Köppen, land fraction); ``base`` is the folder
         relative paths of the recipe are taken from.
         """
+
+
+@runtime_checkable
+class SiteSource(Protocol):
+    """A layout of per-site observations: recognised from the paths given, read into a store Dataset."""
+
+    name: ClassVar[str]
+
+    @classmethod
+    def recognizes(cls, paths: list[Path]) -> bool:
+        """Whether ``paths`` (files or one folder) are in this layout."""
+
+    def read(self, paths: list[Path], *, sites: pd.DataFrame | None = None) -> xr.Dataset:
+        """A schema-conformant (site, time) Dataset (lazy where the data are large); ``sites``
+        is an optional site table for sites the catalog lacks."""
 
 
 @runtime_checkable

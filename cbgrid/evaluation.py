@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from cbgrid import schema
+from cbgrid import catalog, product, schema, splits
 from cbgrid.schema import QC, SITE, TARGETS, TIME
 
 log = logging.getLogger(__name__)
@@ -47,7 +47,6 @@ STATUS_MEANINGS = {
     ZERO_MEAN_OBSERVATIONS: "zero_site_mean",
     NO_PREDICTION: "no_prediction",
 }
-
 
 # --------------------------------------------------------------------------------------------
 # Metrics: each is a small object with one method over masked (NaN = not scored) arrays.
@@ -175,14 +174,12 @@ def metric(name: str) -> Metric:
             return m
     raise KeyError(f"unknown metric {name!r}; choose one of {', '.join(m.name for m in METRICS)}")
 
-
 # --------------------------------------------------------------------------------------------
 # evaluate
 # --------------------------------------------------------------------------------------------
 
 
 def _test_sites(split) -> tuple[list[str], str | None]:
-    from cbgrid import splits
 
     if isinstance(split, (str, bytes)) or hasattr(split, "__fspath__"):
         split = splits.read_split(split)
@@ -401,7 +398,6 @@ def ensemble(predictions: Sequence[xr.Dataset]) -> xr.Dataset:
     out.attrs = attrs
     return out
 
-
 # --------------------------------------------------------------------------------------------
 # Maps against a gridded truth
 # --------------------------------------------------------------------------------------------
@@ -414,7 +410,6 @@ def compare_with_truth(prod, truth: xr.Dataset) -> pd.DataFrame:
     NEE_true (or GPP, RECO, NEE). Per variable: R² and RMSE over all cell-days, R² of the
     period-mean map, bias (mean of product − truth) and the cell-days used; unweighted.
     """
-    from cbgrid import product
 
     ds = product.open_product(prod) if isinstance(prod, (str, os.PathLike)) else prod
     ds = ds.assign_coords(time=ds.indexes["time"].normalize())
@@ -442,10 +437,10 @@ def compare_with_truth(prod, truth: xr.Dataset) -> pd.DataFrame:
         })
     return pd.DataFrame(rows)
 
-
 # --------------------------------------------------------------------------------------------
 # Tables
 # --------------------------------------------------------------------------------------------
+
 
 KEYS = ["split", "model", "feature_set", "target"]
 
@@ -497,7 +492,7 @@ def ranking(summary: pd.DataFrame, metrics: Sequence[str] = ("R2", "RMSE", "nMAE
         index=["split", "target", "model", "feature_set"], columns="metric", values="p50", sort=False
     )
     ranks = []
-    for (split, target), grp in med.groupby(level=["split", "target"], sort=False):
+    for _, grp in med.groupby(level=["split", "target"], sort=False):
         r = pd.DataFrame(index=grp.index)
         for m in metrics:
             if m in grp:
@@ -530,7 +525,6 @@ def published_comparison(frame: pd.DataFrame, feature_set: str | None = None) ->
     so quantiles compare like with like. Published baselines are given in ``feature_set``
     (default: the run's) where they have it, otherwise in the one feature set they have.
     """
-    from cbgrid import catalog
 
     split = str(frame["split"].iloc[0])
     if split not in OFFICIAL_SPLITS:
@@ -590,7 +584,6 @@ def excluded(scores_frame: pd.DataFrame) -> pd.DataFrame:
         "; ".join(m for f, m in STATUS_MEANINGS.items() if int(s) & f) for s in bad["status"]
     ]
     return bad[[*KEYS, SITE, "n_days", "reason"]].reset_index(drop=True)
-
 
 # --------------------------------------------------------------------------------------------
 # Markdown rendering (kept dependency-free)

@@ -22,11 +22,10 @@ import dataclasses
 import logging
 from dataclasses import dataclass, field
 
+import dask.array as da
 import numpy as np
 import pandas as pd
 import xarray as xr
-
-import dask.array as da
 
 from cbgrid import catalog
 from cbgrid.progress import compute as progress_compute

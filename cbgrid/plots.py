@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from cbgrid import schema
+from cbgrid import context, product, schema
 from cbgrid.evaluation import TARGET_LABELS
 
 log = logging.getLogger(__name__)
@@ -141,7 +141,6 @@ def class_heatmap(table: pd.DataFrame, by: str, target: str, metric: str = "R2")
 @functools.lru_cache(maxsize=1)
 def _land(step: float = 0.5) -> tuple[np.ndarray, tuple[float, float, float, float]]:
     """Land mask on a ``step``° grid from the shipped MCD12C1 IGBP raster (no cartopy needed)."""
-    from cbgrid import context
 
     lat = np.arange(90 - step / 2, -90, -step)
     lon = np.arange(-180 + step / 2, 180, step)
@@ -228,7 +227,6 @@ def timeseries(store: xr.Dataset, predictions: xr.Dataset, site: str, scores: xr
     fig.tight_layout(rect=(0, 0.04, 1, 1))
     return fig
 
-
 # --------------------------------------------------------------------------------------------
 # Product quicklooks (used by cbgrid.upscale)
 # --------------------------------------------------------------------------------------------
@@ -272,7 +270,6 @@ def quicklook(da: xr.DataArray, path, *, title: str | None = None, cmap: str | N
 
 def quicklooks(path) -> list[Path]:
     """One PNG per flux variable (period mean) beside a product file."""
-    from cbgrid import product
 
     path = Path(path)
     out = []

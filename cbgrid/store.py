@@ -163,7 +163,7 @@ def append_sites(new: xr.Dataset, path) -> list[str]:
     new = new[list(cur.data_vars)].load()
     n, k = commit["n_sites"], new.sizes[SITE]
     g = zarr.open_group(str(path), mode="r+", zarr_format=3)
-    for name, arr in g.arrays():
+    for _name, arr in g.arrays():
         dims = arr.metadata.dimension_names or ()
         if SITE in dims:
             shape = list(arr.shape)

@@ -34,12 +34,11 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
+import dask
+import dask.array as da
 import numpy as np
 import pandas as pd
 import xarray as xr
-
-import dask
-import dask.array as da
 
 from cbgrid import evaluation, product
 from cbgrid.atomic import replace_file
@@ -48,7 +47,7 @@ from cbgrid.contracts import BlockWriter, Predictor
 from cbgrid.progress import bar as progress_bar
 from cbgrid.report import ensemble_scores
 from cbgrid.runs import Run, load_run
-from cbgrid.runtime import release_memory
+from cbgrid.runtime import release_memory, require
 from cbgrid.schema import TARGETS
 
 log = logging.getLogger(__name__)
@@ -272,9 +271,8 @@ def _client(scheduler):
         return None
     if hasattr(scheduler, "gather"):
         return scheduler
-    from distributed import Client
-
-    return Client(str(scheduler))
+    distributed = require("distributed", "upscaling on a dask.distributed cluster")
+    return distributed.Client(str(scheduler))
 
 
 def score_summary(frame: pd.DataFrame | None) -> pd.DataFrame | None:

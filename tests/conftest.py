@@ -5,8 +5,6 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import numpy as np
-import pandas as pd
 import pytest
 
 os.environ.setdefault("TQDM_DISABLE", "1")
@@ -40,25 +38,18 @@ def torch_one_thread():
     torch.set_num_threads(threads)
 
 
-def random_site_dataset(n_sites: int = 6, start="2010-01-01", days: int = 60, seed: int = 0):
-    """A small schema-conformant store Dataset with random targets on catalog sites."""
-    from cbgrid import catalog, schema
+@pytest.fixture(autouse=True)
+def _no_registry_leaks():
+    """A test that registers a model must do so through ``models.registered``."""
+    from cbgrid import models
 
-    rng = np.random.default_rng(seed)
-    sites = catalog.sites().iloc[:n_sites].reset_index(drop=True)
-    time = pd.date_range(start, periods=days, freq="D")
-    gpp = rng.gamma(2.0, 2.0, (n_sites, days))
-    reco = rng.gamma(2.0, 1.5, (n_sites, days))
-    data = {
-        schema.GPP: gpp,
-        schema.RECO: reco,
-        schema.NEE: reco - gpp,
-        schema.QC: rng.choice([0.5, 1.0], (n_sites, days)),
-        "temperature_2m": 280 + 10 * rng.standard_normal((n_sites, days)),
-    }
-    return schema.site_dataset(data, sites, time)
+    before = set(models.available())
+    yield
+    assert set(models.available()) == before, "a test left a model registered"
 
 
 @pytest.fixture
 def small_ds():
-    return random_site_dataset()
+    from cbgrid.testing import site_store
+
+    return site_store()

@@ -13,8 +13,8 @@ and ERA5-Land units, so tests can compute expected values independently with num
 from __future__ import annotations
 
 import threading
-from collections.abc import Mapping
 import types
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -203,6 +203,7 @@ class Image:
         bad = [n for n in names if n not in self.bands]
         if bad:
             raise EEException(f"Image.select: Pattern '{bad[0]}' did not match any bands.")
+
         def fn(ctx):
             d = self.eval(ctx)
             return {n: d[n] for n in names}

@@ -12,12 +12,11 @@ import sys
 from pathlib import Path
 
 import dask
+import fake_ee
 import numpy as np
 import pandas as pd
 import pytest
 import xarray as xr
-
-import fake_ee
 from fake_ee import ANGLE_FILL, ERA5_ID, MODIS_ID, REFL_FILL, EEException, World
 
 from cbgrid import catalog, schema, store
@@ -383,7 +382,7 @@ def test_open_grid_requests_and_values(fake_xee):
     transform = (0.5, 0.0, 5.0, 0.0, -0.5, 46.5)
     opens = [c for c in fake_xee.calls if c[0] == "open_dataset"]
     assert len(opens) == 4  # two sources x two calendar years
-    for _, what, kw in opens:
+    for _, _what, kw in opens:
         assert kw["crs"] == "EPSG:4326" and kw["crs_transform"] == transform and kw["shape_2d"] == (4, 3)
         assert kw["io_chunks"] == {"index": 32, "width": 3, "height": 2}
     assert sorted((w["collection"], w["start"], w["end"]) for _, w, _ in opens) == sorted(

@@ -10,35 +10,18 @@ import pandas as pd
 import pytest
 import xarray as xr
 
-from cbgrid import catalog, schema
+from cbgrid import catalog, schema, testing
 from cbgrid import evaluation as ev
 from cbgrid.schema import GPP, NEE, QC, RECO, TARGETS
 
 
 def make_store(n_sites=10, n_days=300, seed=0, sites=None, qc_fraction=0.7):
-    """A small schema-conformant store with random targets and a random QC = 1 mask."""
-    rng = np.random.default_rng(seed)
-    cat = catalog.sites()
-    sites = cat.head(n_sites) if sites is None else cat.set_index("site").loc[list(sites)].reset_index()
-    n = len(sites)
-    time = pd.date_range("2005-01-01", periods=n_days)
-    data = {v: rng.normal(3.0, 2.0, (n, n_days)) for v in TARGETS}
-    qc = np.where(rng.random((n, n_days)) < qc_fraction, 1.0, rng.uniform(0, 0.99, (n, n_days)))
-    data[QC] = qc
-    data[GPP][rng.random((n, n_days)) < 0.05] = np.nan  # gaps in the observations
-    return schema.site_dataset(data, sites, time)
+    """A small schema-conformant store with random targets, a random QC = 1 mask and GPP gaps."""
+    return testing.site_store(n_sites, "2005-01-01", n_days, seed, sites=sites, qc_fraction=qc_fraction, gaps=0.05,
+                              extra=())
 
 
-def make_predictions(store, noise=1.0, seed=1, **attrs):
-    rng = np.random.default_rng(seed)
-    obs = store[list(TARGETS)].to_dataarray("target").transpose("site", "time", "target")
-    pred = obs.fillna(0.0) + rng.normal(0, noise, obs.shape)
-    pred = pred.drop_vars([c for c in pred.coords if c not in ("site", "time", "target")])
-    base = dict(model="toy", split="igbp", feature_set="minimal", seeds="0", run="r0")
-    base.update(attrs)
-    ds = xr.Dataset({"prediction": pred.astype(np.float32)}, attrs=base)
-    ds["prediction"].attrs["units"] = schema.TARGET_UNITS
-    return ds
+make_predictions = testing.predictions
 
 
 def all_test(store):

@@ -12,40 +12,16 @@ import pytest
 import xarray as xr
 
 from cbgrid import product
-from cbgrid.recipe import Grid
-
-
-def _context(lat, lon, seed=0) -> xr.Dataset:
-    rng = np.random.default_rng(seed)
-    shape = (lat.size, lon.size)
-    igbp = rng.integers(0, 17, shape)
-    return xr.Dataset(
-        {
-            "land_fraction": (("lat", "lon"), np.where(igbp == 0, 0.0, rng.random(shape)).astype(np.float32)),
-            "igbp": (("lat", "lon"), igbp),
-            "koppen": (("lat", "lon"), np.where(igbp == 0, 0, rng.integers(1, 6, shape))),
-        },
-        coords={"lat": lat, "lon": lon},
-    )
-
-
-def _fluxes(lat, lon, days, seed=0) -> xr.Dataset:
-    rng = np.random.default_rng(seed)
-    shape = (len(days), lat.size, lon.size)
-    gpp = rng.gamma(2.0, 2.0, shape).astype(np.float32)
-    reco = (0.7 * gpp + rng.gamma(2.0, 1.0, shape)).astype(np.float32)
-    gpp[:, :2] = np.nan  # e.g. ocean rows
-    data = {"GPP": gpp, "RECO": reco, "GPP_sd": 0.1 * reco, "RECO_sd": 0.2 * reco, "NEE_sd": 0.3 * reco}
-    return xr.Dataset({k: (("time", "lat", "lon"), v) for k, v in data.items()},
-                      coords={"time": days, "lat": lat, "lon": lon})
+from cbgrid.grid import Grid
+from cbgrid.testing import random_context, random_fluxes
 
 
 @pytest.fixture(scope="module")
 def written(tmp_path_factory):
     g = Grid(10.0)
     days = pd.date_range("2020-07-01", periods=6, freq="D")
-    f = _fluxes(g.lat, g.lon, days)
-    ctx = _context(g.lat, g.lon)
+    f = random_fluxes(g.lat, g.lon, days)
+    ctx = random_context(g.lat, g.lon)
     attrs = product.global_attrs(title="test product", source="unit test", runs=["runs/a", "runs/b"],
                                  extra=product.score_attrs(pd.DataFrame({
                                      "target": ["GPP_NT_VUT_USTAR50"] * 3, "metric": ["R2", "RMSE", "nMAE"],
@@ -92,7 +68,11 @@ def test_opens_with_netcdf4_and_xarray_with_cf_coordinates(written):
     assert ds["GPP"].dtype == np.float32
     np.testing.assert_array_equal(np.isnan(ds["GPP"].values), np.isnan(f["GPP"].values))
     np.testing.assert_allclose(ds["GPP"].values, f["GPP"].values)
-    assert ds["igbp"].attrs["flag_meanings"].split()[0] == "WAT"
+    # class layers stay int8 codes for every reader (no _FillValue; "no_data" is a flag of its own)
+    for name in ("igbp", "koppen"):
+        assert ds[name].dtype == np.int8 and "_FillValue" not in ds[name].encoding
+    flags = dict(zip(ds["igbp"].attrs["flag_values"].tolist(), ds["igbp"].attrs["flag_meanings"].split()))
+    assert flags[0] == "WAT" and flags[-1] == "no_data" and flags[16] == "BSV"
 
 
 def test_nee_is_reco_minus_gpp_bit_for_bit(written):
@@ -139,10 +119,10 @@ def test_cdo_reads_the_product(written):
 def test_no_partial_file_under_the_final_name(tmp_path):
     g = Grid(30.0)
     days = pd.date_range("2020-01-01", periods=2)
-    f = _fluxes(g.lat, g.lon, days)
+    f = random_fluxes(g.lat, g.lon, days)
     path = tmp_path / "x.nc"
     with pytest.raises(RuntimeError, match="boom"):
-        with product.ProductWriter(path, g.lat, g.lon, days, context=_context(g.lat, g.lon), attrs={"Conventions": "CF-1.8"}) as w:
+        with product.ProductWriter(path, g.lat, g.lon, days, context=random_context(g.lat, g.lon), attrs={"Conventions": "CF-1.8"}) as w:
             assert not path.exists() and w.tmp.exists() and w.tmp.parent == path.parent
             w.write(0, 0, gpp=f.GPP.values, reco=f.RECO.values, gpp_sd=f.GPP_sd.values, reco_sd=f.RECO_sd.values, nee_sd=f.NEE_sd.values)
             raise RuntimeError("boom")

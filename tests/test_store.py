@@ -5,7 +5,7 @@ import zarr
 
 from cbgrid import schema, store
 from cbgrid.schema import SchemaError
-from conftest import random_site_dataset
+from cbgrid.testing import site_store as random_site_dataset
 
 
 def test_roundtrip_is_lazy_and_exact(tmp_path, small_ds):

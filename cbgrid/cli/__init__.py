@@ -12,13 +12,14 @@ import importlib
 import logging
 import sys
 
+from cbgrid import __version__
+
 _GROUPS = ("store", "acquire", "evaluate", "train", "upscale")
 
 log = logging.getLogger("cbgrid")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from cbgrid import __version__
 
     parser = argparse.ArgumentParser(
         prog="cbgrid",

@@ -7,7 +7,9 @@ import logging
 import sys
 from pathlib import Path
 
-from cbgrid import catalog
+from cbgrid import catalog, store
+from cbgrid.recipe import load_recipe
+from cbgrid.sources import earthengine as ee_src
 
 log = logging.getLogger(__name__)
 
@@ -62,9 +64,6 @@ def _fail(args, err) -> int:
 def cmd_sites(args) -> int:
     import pandas as pd
 
-    from cbgrid import store
-    from cbgrid.sources import earthengine as ee_src
-
     sites = pd.read_csv(args.sites, keep_default_na=False) if args.sites else catalog.sites()
     if args.site:
         unknown = sorted(set(args.site) - set(sites["site"].astype(str)))
@@ -99,8 +98,6 @@ def cmd_sites(args) -> int:
 
 
 def cmd_grid(args) -> int:
-    from cbgrid.recipe import load_recipe
-    from cbgrid.sources import earthengine as ee_src
 
     recipe = load_recipe(args.recipe)
     try:

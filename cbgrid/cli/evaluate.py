@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from cbgrid import report
 from cbgrid.evaluation import MIN_QC_DAYS, QC_RULE_TEXT
 from cbgrid.runs import PREDICTIONS
 
@@ -34,7 +35,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_evaluate(args) -> int:
-    from cbgrid import report
 
     rep = report.write_report(args.runs, args.out, store=args.store, split=args.split, min_days=args.min_days,
                               sites=args.sites, plots=not args.no_plots, progress=not args.quiet)

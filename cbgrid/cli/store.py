@@ -6,7 +6,10 @@ import argparse
 import logging
 from pathlib import Path
 
-from cbgrid import splits
+import pandas as pd
+
+from cbgrid import sources, splits, store
+from cbgrid.sources import twin
 
 log = logging.getLogger(__name__)
 
@@ -42,8 +45,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_twin(args) -> int:
-    from cbgrid import store
-    from cbgrid.sources import twin
 
     ds = twin.twin_store(n_sites=args.sites, start=args.start, end=args.end, seed=args.seed)
     store.write_store(ds, args.out, overwrite=args.overwrite)
@@ -52,28 +53,23 @@ def cmd_twin(args) -> int:
 
 
 def cmd_ingest(args) -> int:
-    import pandas as pd
-
-    from cbgrid import store
-    from cbgrid.sources import fluxnet
-
     sites = pd.read_csv(args.sites, keep_default_na=False) if args.sites else None
-    new = fluxnet.read_many(args.files, sites=sites)
+    source = sources.site_source_for(args.files)
+    new = source().read(args.files, sites=sites)
     result = store.merge(new, args.out, period=(args.start, args.end), progress=not args.quiet)
-    log.info("%s %s: %d site(s) added", "created" if result["created"] else "updated", args.out, result["sites_added"])
+    log.info("%s %s from %s: %d site(s) added", "created" if result["created"] else "updated", args.out,
+             source.name, result["sites_added"])
     print_summary(store.open_store(args.out), args.out)
     return 0
 
 
 def cmd_info(args) -> int:
-    from cbgrid import store
 
     print_summary(store.open_store(args.store), args.store)
     return 0
 
 
 def cmd_split(args) -> int:
-    from cbgrid import store
 
     df = splits.make_split(store.open_store(args.store), by=args.by, seed=args.seed)
     out = args.out or args.store.parent / "splits" / f"{args.by}-seed{args.seed}.csv"
@@ -84,7 +80,6 @@ def cmd_split(args) -> int:
 
 
 def print_summary(ds, path) -> None:
-    from cbgrid import store
 
     s = store.summary(ds)
     lines = [

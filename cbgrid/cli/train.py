@@ -6,7 +6,9 @@ import argparse
 import logging
 from pathlib import Path
 
-from cbgrid import catalog, models, splits
+from cbgrid import catalog, models, runs, splits, store, train
+from cbgrid.atomic import replace_file
+from cbgrid.schema import SITE
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +72,6 @@ def _split(args, ds):
 
 
 def cmd_train(args) -> int:
-    from cbgrid import store, train
 
     models.spec(args.model)  # unknown names fail before the store is opened
     if args.out.exists() and not args.overwrite:
@@ -94,10 +95,6 @@ def cmd_train(args) -> int:
 
 def cmd_predict(args) -> int:
     import pandas as pd
-
-    from cbgrid import runs, store
-    from cbgrid.atomic import replace_file
-    from cbgrid.schema import SITE
 
     run = runs.load_run(args.run, device=args.device)
     ds = store.open_store(args.store)

@@ -5,7 +5,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from cbgrid import catalog
+from cbgrid import catalog, evaluation, plots, upscale
+from cbgrid.cli.store import print_summary
+from cbgrid.demo import run_demo
+from cbgrid.recipe import load_recipe
+from cbgrid.sources.twin import truth_for_product
+from cbgrid.store import open_store
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -37,8 +42,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_upscale(args) -> int:
-    from cbgrid import plots, upscale
-    from cbgrid.recipe import load_recipe
 
     recipe = load_recipe(args.recipe)
     if args.output is not None:
@@ -69,8 +72,6 @@ def print_result(res: dict, looks: list) -> None:
 
 def print_truth(recipe, products) -> None:
     """Map-level skill against the twin's true fluxes, per product file."""
-    from cbgrid import evaluation
-    from cbgrid.sources.twin import truth_for_product
 
     for path in products:
         table = evaluation.compare_with_truth(path, truth_for_product(recipe, path))
@@ -80,10 +81,6 @@ def print_truth(recipe, products) -> None:
 
 def cmd_demo(args) -> int:
     """Run the chain (``cbgrid.demo.run_demo``) and print where everything is."""
-    from cbgrid import plots
-    from cbgrid.cli.store import print_summary
-    from cbgrid.demo import run_demo
-    from cbgrid.store import open_store
 
     r = run_demo(args.out, quick=args.quick, sites=args.sites, overwrite=args.overwrite, progress=not args.quiet)
     looks = [png for p in r.upscaled["products"] for png in plots.quicklooks(p)]

@@ -22,8 +22,9 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from cbgrid import catalog, schema
+from cbgrid import catalog, context, schema
 from cbgrid.schema import GPP, NEE, QC, RECO, SchemaError
+from cbgrid.sources import register_site_source
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +67,6 @@ def _site_row(site: str, sites: pd.DataFrame | None, path) -> pd.DataFrame:
         )
     row = row.iloc[[0]].copy()
     if "koppen" not in row or not str(row["koppen"].iloc[0]).strip():
-        from cbgrid import context
 
         code = int(context.koppen_at(row["lat"].to_numpy(float), row["lon"].to_numpy(float))[0])
         if code == 0:
@@ -152,3 +152,17 @@ def read_many(paths: Iterable, *, sites: pd.DataFrame | None = None) -> xr.Datas
     if len(set(ids)) != len(ids):
         raise SchemaError(f"several files for the same site: {sorted({s for s in ids if ids.count(s) > 1})}")
     return xr.concat(parts, dim=schema.SITE, join="outer", combine_attrs="drop_conflicts")
+
+
+@register_site_source
+class OneFluxFiles:
+    """ONEFlux daily (DD) CSV files, one site each (FLUXNET2015, AmeriFlux-FLUXNET, ICOS, JapanFlux)."""
+
+    name = "oneflux"
+
+    @classmethod
+    def recognizes(cls, paths: list[Path]) -> bool:
+        return bool(paths) and all(p.is_file() and p.suffix.lower() == ".csv" for p in paths)
+
+    def read(self, paths: list[Path], *, sites: pd.DataFrame | None = None) -> xr.Dataset:
+        return read_many(paths, sites=sites)

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import logging
 import zlib
-
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -393,7 +392,6 @@ def _process(lat_rad, igbp, kop, keys, seed, c, days):
     return dict(t_c=t_c, precip=precip, rs=rs, albedo=albedo, et_mm=et_mm, lai=lai, td_c=td_c,
                 w_rel=w_rel, fc=fc, snow_vis=snow_vis, cloud=cloud, gpp=gpp, resp_unit=resp_unit,
                 reco_auto=reco_auto)
-
 
 
 def _basal_respiration(lat_rad, igbp, kop, keys, seed, c):
