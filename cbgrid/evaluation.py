@@ -335,6 +335,7 @@ def evaluate(
         "model": str(attrs.get("model", "unknown")),
         "split": str(attrs.get("split", split_name or "unknown")),
         "feature_set": str(attrs.get("feature_set", "unknown")),
+        "protocol": str(attrs.get("protocol", "cbgrid")),
         "seeds": str(attrs.get("seeds", "")),
         "run": str(attrs.get("run", "")),
         "qc_rule": f"{QC} == 1",
@@ -442,18 +443,22 @@ def compare_with_truth(prod, truth: xr.Dataset) -> pd.DataFrame:
 # --------------------------------------------------------------------------------------------
 
 
-KEYS = ["split", "model", "feature_set", "target"]
+#: What identifies an experiment in the tables: runs of different protocols are never pooled
+#: or ranked together.
+KEYS = ["split", "model", "feature_set", "protocol", "target"]
+#: The protocol the published baselines were produced under.
+PUBLISHED_PROTOCOL = "reference"
 
 
 def to_frame(scores: xr.Dataset) -> pd.DataFrame:
-    """Scores as one row per (site, target): split, model, feature_set, target, site, igbp,
-    koppen, lat, lon, one column per metric, n_days, status (the published per-site layout)."""
+    """Scores as one row per (site, target): split, model, feature_set, protocol, target, site,
+    igbp, koppen, lat, lon, one column per metric, n_days, status (the published per-site layout)."""
     score = scores["score"].drop_vars([c for c in scores["score"].coords if scores[c].dims == ("metric",) and c != "metric"])
     wide = score.to_dataset("metric").to_dataframe().reset_index()
     extra = scores[["n_days", "status"]].to_dataframe().reset_index()[[SITE, "target", "n_days", "status"]]
     df = wide.merge(extra, on=[SITE, "target"])
-    for k in ("split", "model", "feature_set"):
-        df.insert(0, k, scores.attrs.get(k, "unknown"))
+    for k in ("protocol", "feature_set", "model", "split"):
+        df.insert(0, k, scores.attrs.get(k, "cbgrid" if k == "protocol" else "unknown"))
     metrics = [str(m) for m in scores["metric"].values]
     cols = KEYS + [SITE, "igbp", "koppen", "lat", "lon", *metrics, "n_days", "status"]
     return df[cols].sort_values(["target", SITE], kind="stable").reset_index(drop=True)
@@ -484,15 +489,17 @@ def breakdown(frame: pd.DataFrame, by: str = "igbp", keys: Sequence[str] = KEYS)
 
 
 def ranking(summary: pd.DataFrame, metrics: Sequence[str] = ("R2", "RMSE", "nMAE")) -> pd.DataFrame:
-    """Rank models per split and target by the median of each metric; ``mean_rank`` orders them.
+    """Rank models per split, target and protocol by the median of each metric; ``mean_rank``
+    orders them. Runs of different protocols are ranked separately, never against each other.
 
     ``summary`` is a ``quantile_table`` over several runs (and possibly published baselines).
     """
+    summary = summary if "protocol" in summary else summary.assign(protocol="cbgrid")
     med = summary[summary["metric"].isin(metrics)].pivot_table(
-        index=["split", "target", "model", "feature_set"], columns="metric", values="p50", sort=False
+        index=["split", "target", "protocol", "model", "feature_set"], columns="metric", values="p50", sort=False
     )
     ranks = []
-    for _, grp in med.groupby(level=["split", "target"], sort=False):
+    for _, grp in med.groupby(level=["split", "target", "protocol"], sort=False):
         r = pd.DataFrame(index=grp.index)
         for m in metrics:
             if m in grp:
@@ -543,6 +550,7 @@ def published_comparison(frame: pd.DataFrame, feature_set: str | None = None) ->
             "split": split,
             "model": pub["model"].values,
             "feature_set": pub["feature_set"].values,
+            "protocol": PUBLISHED_PROTOCOL,
             "target": pub["target"].values,
             SITE: pub[SITE].values,
             "igbp": geo.loc[pub[SITE], "igbp"].values,
@@ -612,7 +620,7 @@ def published_format(table: pd.DataFrame, metrics: Sequence[str] = ("R2", "RMSE"
     """The published table layout: one row per split, model, feature set (and ``by`` class);
     one column per target × metric reading ``median [p25, p75]``; ``n`` columns give the
     number of sites per target. ``table`` is a ``quantile_table`` or ``breakdown``."""
-    index = ["split", "model", "feature_set", *by]
+    index = ["split", "model", "feature_set", *(["protocol"] if "protocol" in table else []), *by]
     s = table[table["metric"].isin(metrics)].copy()
     s["cell"] = [f"{_fmt(a)} [{_fmt(b)}, {_fmt(c)}]" for a, b, c in zip(s["p50"], s["p25"], s["p75"])]
     s["col"] = [f"{TARGET_LABELS.get(t, t)} {m}" for t, m in zip(s["target"], s["metric"])]

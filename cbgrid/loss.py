@@ -18,14 +18,19 @@ ALPHA = 0.1
 
 
 class CarbonLoss(nn.Module):
-    """Weighted multi-task MSE + α · physical carbon-balance penalty.
+    """Weighted multi-task MSE + α · carbon-balance penalty.
 
     ``y_mean``/``y_std``: the target scaling (GPP, RECO, NEE order), kept as buffers so the
-    loss moves with ``.to(device)``.
+    loss moves with ``.to(device)``. ``balance``: ``physical`` (cbgrid: the penalty in
+    gC m-2 d-1), ``scaled`` (the reference at b5d643a: NEE − (RECO − GPP) of the standardised
+    predictions) or ``none`` (the reference's published runs).
     """
 
-    def __init__(self, y_mean, y_std, alpha: float = ALPHA):
+    def __init__(self, y_mean, y_std, alpha: float = ALPHA, balance: str = "physical"):
         super().__init__()
+        if balance not in ("physical", "scaled", "none"):
+            raise ValueError(f"balance must be 'physical', 'scaled' or 'none', not {balance!r}")
+        self.kind = balance
         self.register_buffer("y_mean", torch.as_tensor(y_mean, dtype=torch.float32).reshape(3))
         self.register_buffer("y_std", torch.as_tensor(y_std, dtype=torch.float32).reshape(3))
         self.alpha = float(alpha)
@@ -36,12 +41,15 @@ class CarbonLoss(nn.Module):
 
     def forward(self, pred: torch.Tensor, y: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         mse = (w.unsqueeze(-1) * (pred - y).square()).mean()
-        if not self.alpha:
+        if not self.alpha or self.kind == "none":
             return mse
         return mse + self.alpha * self.balance(pred)
 
     def balance(self, pred: torch.Tensor) -> torch.Tensor:
-        """mean((NEE − (RECO − GPP))²) of scaled predictions, in (gC m-2 d-1)²."""
+        """mean((NEE − (RECO − GPP))²) of scaled predictions: in (gC m-2 d-1)² (``physical``), or
+        of the standardised values themselves (``scaled``)."""
+        if self.kind == "scaled":
+            return (pred[..., 2] - (pred[..., 1] - pred[..., 0])).square().mean()
         return (pred @ self._c + self._d).square().mean()
 
     def mse(self, pred, y, w) -> torch.Tensor:

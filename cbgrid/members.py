@@ -1,9 +1,12 @@
 """Members: one fitted model per seed, trees and networks behind the ``Member`` contract.
 
-``NetworkMember`` trains a torch network with the CarbonBench loss and early stopping;
-``TreeMember`` wraps a registered tree library (``cbgrid.models.TREES``). Both predict every
-day of a prepared block of sites, in physical units. ``MEMBERS`` maps a model family to its
-member class (``cbgrid.contracts.Member``).
+``NetworkMember`` trains a torch network with the CarbonBench loss under the run's protocol
+(optimiser, learning-rate schedule, validation schedule, selection, early stopping — see
+``cbgrid.protocol``), including the reference's two-phase TAM-RL; ``TreeMember`` wraps a
+registered tree library (``cbgrid.models.TREES``). Both predict every day of a prepared block of
+sites in physical units: by tiling the axis with stride-``horizon`` windows (cbgrid) or, under
+the reference protocol, from the stride-1 window ending on each day (its last step), NaN where
+that window lacks features. ``MEMBERS`` maps a model family to its member class.
 """
 
 from __future__ import annotations
@@ -12,26 +15,72 @@ import copy
 import logging
 import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
-from cbgrid import models, pipeline
+from cbgrid import catalog, models, pipeline, schema
 from cbgrid.models import ModelSpec
 from cbgrid.pipeline import Prepared, Scaler, TrainingData
 from cbgrid.progress import bar as progress_bar
 from cbgrid.schema import TARGETS
+from cbgrid.windows import last_step_days
 
 if TYPE_CHECKING:  # pragma: no cover
-    from cbgrid.train import TrainConfig
+    from cbgrid.protocol import Protocol, TrainConfig
 
 log = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class Schedule:
+    """How one training phase runs: optimiser, learning-rate steps, when to validate, when to stop."""
+
+    optimiser: str
+    lr: float
+    weight_decay: float
+    lr_step: int | None
+    lr_gamma: float
+    max_epochs: int
+    patience: int | None  # epochs without improvement (counted in validated epochs' strides)
+    validate_first: bool
+    validate_every: int
+    validate_start: int
+    selection: str
+    keep: str = "best"  # 'best' validated state, or 'last' state
+
+    @classmethod
+    def main(cls, rules: Protocol, cfg: TrainConfig, lr: float) -> Schedule:
+        return cls(rules.optimiser, lr, rules.weight_decay, rules.lr_step, rules.lr_gamma, cfg.max_epochs,
+                   cfg.patience, rules.validate_first, rules.validate_every, rules.validate_every, rules.selection)
+
+    @classmethod
+    def tamrl(cls, rules: Protocol, cfg: TrainConfig) -> Schedule:
+        t = rules.tamrl
+        return cls(t["optimiser"], float(t["lr"]), float(t.get("weight_decay", 0.0)), t.get("lr_step"),
+                   float(t.get("lr_gamma", 1.0)), cfg.max_epochs, t.get("patience"), bool(t.get("validate_first", False)),
+                   int(t["validate_every"]), int(t.get("validate_start", t["validate_every"])), rules.selection,
+                   t.get("keep", "best"))
+
+    def validate_at(self, epoch: int) -> bool:
+        """Whether to compute the validation loss after ``epoch`` (1-based)."""
+        if self.validate_first and epoch == 1:
+            return True
+        return epoch >= self.validate_start and (epoch - self.validate_start) % self.validate_every == 0
+
+    def optimizer(self, params):
+        import torch
+
+        if self.optimiser == "adamw":
+            return torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay)
+        return torch.optim.Adam(params, lr=self.lr, weight_decay=self.weight_decay)
+
+
 class NetworkMember:
-    """A torch network trained with Adam, the CarbonBench loss and early stopping."""
+    """A torch network trained with the CarbonBench loss under the run's protocol."""
 
     family = "network"
     seed_independent = False
@@ -40,12 +89,14 @@ class NetworkMember:
         import torch
 
         self.spec, self.cfg, self.device, self.seed = spec, cfg, device, seed
+        self.rules = cfg.rules
         hp = dict(hp)
         self.lr = float(hp.pop("lr", 1e-3))
-        self.ctor = {"n_features": n_features, "n_static": len(pipeline.STATIC), "n_onehot": pipeline.N_ONEHOT,
-                     "n_targets": len(TARGETS), "window": cfg.window, "horizon": cfg.horizon, **hp}
+        self.ctor = {"n_features": n_features, "n_static": len(pipeline.STATIC),
+                     "n_onehot": pipeline.n_onehot(self.rules.onehot), "n_targets": len(TARGETS),
+                     "window": cfg.window, "horizon": cfg.horizon, **hp}
         torch.manual_seed(seed)
-        self.net = models.build_network(spec.name, **self.ctor).to(device)
+        self.net = models.build_network(spec.name, architectures=self.rules.architectures, **self.ctor).to(device)
 
     def _batches(self, t, index, shuffle: bool, batch_size: int | None = None):
         return pipeline.Batches(
@@ -55,33 +106,55 @@ class NetworkMember:
         )
 
     def fit(self, data: TrainingData, progress: bool = False) -> pd.DataFrame:
-        """Train until the validation loss stops improving; keeps the best epoch's weights."""
+        """Train under the protocol's schedule and keep the selected epoch's weights."""
         import torch
 
         from cbgrid.loss import CarbonLoss
 
-        cfg, net = self.cfg, self.net
+        cfg = self.cfg
         t = data.tensors(self.device)
         fit_idx, val_idx = data.index(self.spec.kind, cfg.windows)
         if len(fit_idx) == 0:
-            raise ValueError(
-                f"no training {'windows' if self.spec.kind == 'temporal' else 'days'}: the training sites have no "
-                f"observed GPP/RECO/NEE {'in the last ' + str(cfg.horizon) + ' days of any ' + str(cfg.window) + '-day window' if self.spec.kind == 'temporal' else ''}"
-            )
+            what = (f"{cfg.window}-day windows with observed targets in their last {cfg.horizon} days"
+                    if self.spec.kind == "temporal" else "days with GPP, RECO and NEE observed")
+            rule = " and complete features (reference protocol)" if self.rules.reference else ""
+            raise ValueError(f"no training samples: the training sites have no {what}{rule}")
         if len(val_idx) == 0:
-            log.warning("no validation samples; early stopping watches the training loss")
-        crit = CarbonLoss(data.scaler.y_mean, data.scaler.y_std, cfg.alpha).to(self.device)
-        opt = torch.optim.Adam(net.parameters(), lr=self.lr)
+            log.warning("no validation samples; model selection watches the training loss")
+        crit = CarbonLoss(data.scaler.y_mean, data.scaler.y_std, cfg.alpha, self.rules.balance).to(self.device)
         train_b = self._batches(t, fit_idx, shuffle=True)
         val_b = self._batches(t, val_idx, shuffle=False, batch_size=max(4 * cfg.batch_size, 1024))
-        best, best_state, best_epoch, wait, rows = math.inf, None, -1, 0, []
-        bar = progress_bar(range(cfg.max_epochs), desc=f"{self.spec.name} seed {self.seed}", unit="epoch",
+        pretrain = getattr(self.net, "pretrain", None)
+        curves = []
+        if pretrain:
+            torch.manual_seed(self.seed)
+            first = models.build_network(pretrain, architectures=self.rules.architectures, **self.ctor).to(self.device)
+            curves.append(self._train(first, Schedule.main(self.rules, cfg, self.lr), crit, train_b, val_b,
+                                      progress, phase=f"pretrain {pretrain}"))
+            self.net.load_pretrained(first)
+            curves.append(self._train(self.net, Schedule.tamrl(self.rules, cfg), crit, train_b, val_b, progress,
+                                      phase=self.spec.name, support=True))
+        else:
+            curves.append(self._train(self.net, Schedule.main(self.rules, cfg, self.lr), crit, train_b, val_b,
+                                      progress, phase=self.spec.name))
+        return pd.concat(curves, ignore_index=True)
+
+    def _train(self, net, sched: Schedule, crit, train_b, val_b, progress: bool, phase: str,
+               support: bool = False) -> pd.DataFrame:
+        import torch
+
+        opt = sched.optimizer(net.parameters())
+        step = torch.optim.lr_scheduler.StepLR(opt, sched.lr_step, sched.lr_gamma) if sched.lr_step else None
+        rng = np.random.default_rng([int(self.seed), 1])
+        best, best_state, best_epoch, since, rows = math.inf, None, -1, 0, []
+        bar = progress_bar(range(1, sched.max_epochs + 1), desc=f"{phase} seed {self.seed}", unit="epoch",
                            progress=progress, leave=False)
         for epoch in bar:
             net.train()
-            total = torch.zeros((), device=self.device)
+            total, n_batches = torch.zeros((), device=self.device), 0
             t0 = time.perf_counter()
-            for b in train_b:
+            for idx in train_b.iter_rows():
+                b = self._with_support(train_b, idx, rng) if support else train_b.gather(idx)
                 opt.zero_grad(set_to_none=True)
                 loss = crit(net(b), b["y"], b["w"])
                 aux = getattr(net, "aux_loss", None)
@@ -90,33 +163,54 @@ class NetworkMember:
                 loss.backward()
                 opt.step()
                 total += loss.detach()
-            train_loss = float(total) / max(len(train_b), 1)
-            val_loss = self._evaluate(val_b, crit) if len(val_idx) else train_loss
-            rows.append({"seed": self.seed, "epoch": epoch, "train_loss": train_loss, "val_loss": val_loss,
-                         "seconds": time.perf_counter() - t0})
+                n_batches += 1
+            if step is not None:
+                step.step()
+            train_loss = float(total) / max(n_batches, 1)
+            validated = sched.validate_at(epoch)
+            val_loss = float("nan")
+            if validated:
+                val_loss = (self._evaluate(net, val_b, crit, sched.selection, rng if support else None)
+                            if len(val_b.index) else train_loss)
+            # curves count epochs from 0 (the schedule's rules count them from 1)
+            rows.append({"seed": self.seed, "phase": phase, "epoch": epoch - 1, "train_loss": train_loss,
+                         "val_loss": val_loss, "seconds": time.perf_counter() - t0})
             bar.set_postfix(train=f"{train_loss:.4f}", val=f"{val_loss:.4f}")
+            if not validated:
+                continue
             if val_loss < best:
-                best, best_epoch, wait = val_loss, epoch, 0
-                best_state = copy.deepcopy(net.state_dict())
+                best, best_epoch, since = val_loss, epoch - 1, 0
+                if sched.keep == "best":
+                    best_state = copy.deepcopy(net.state_dict())
             else:
-                wait += 1
-                if wait >= cfg.patience:
+                since += sched.validate_every
+                if sched.patience is not None and since >= sched.patience:
                     break
         bar.close()
         if best_state is not None:
             net.load_state_dict(best_state)
-        log.info("%s seed %d: best validation loss %.4f at epoch %d of %d", self.spec.name, self.seed, best, best_epoch, len(rows))
+        log.info("%s seed %d: best validation loss %.4f at epoch %d of %d (%s state kept)", phase, self.seed, best,
+                 best_epoch, len(rows), sched.keep)
         return pd.DataFrame(rows)
 
-    def _evaluate(self, batches, crit) -> float:
+    @staticmethod
+    def _with_support(batches, idx, rng) -> dict:
+        b = batches.gather(idx)
+        sup = batches.gather(batches.same_site_rows(idx, rng))
+        b.update(support_x=sup["x"], support_s=sup["s"], support_onehot=sup["onehot"])
+        return b
+
+    def _evaluate(self, net, batches, crit, selection: str, rng=None) -> float:
         import torch
 
-        self.net.eval()
+        net.eval()
         total, n = 0.0, 0
         with torch.no_grad():
-            for b in batches:
+            for idx in batches.iter_rows():
+                b = self._with_support(batches, idx, rng) if rng is not None else batches.gather(idx)
+                w = b["w"] if selection == "weighted" else (b["w"] > 0).to(b["w"].dtype)
                 k = len(b["site"])
-                total += float(crit(self.net(b), b["y"], b["w"])) * k
+                total += float(crit(net(b), b["y"], w)) * k
                 n += k
         return total / max(n, 1)
 
@@ -126,12 +220,20 @@ class NetworkMember:
 
         cfg = self.cfg
         n_sites, n_days, _ = block.x.shape
-        if self.spec.kind == "temporal":
+        last_step = self.rules.test_days == "last_step"
+        keep = None
+        if self.spec.kind == "temporal" and last_step:
+            starts = np.arange(0, max(n_days - cfg.window + 1, 0))
+            x = block.x
+            keep = last_step_days(block.complete if block.complete is not None else np.ones((n_sites, n_days), bool),
+                                  cfg.window)
+        elif self.spec.kind == "temporal":
             left, right, n_win = pipeline.prediction_windows(n_days, cfg.window, cfg.horizon)
             x = np.pad(block.x, ((0, 0), (left, right), (0, 0)), mode="edge")
             starts = np.arange(n_win) * cfg.horizon
         else:
             x, starts = block.x, np.arange(n_days)
+            keep = block.complete
         prep = Prepared(x, block.s, block.onehot)
         index = np.stack(np.meshgrid(np.arange(n_sites), starts, indexing="ij"), axis=-1).reshape(-1, 2)
         batches = self._batches(prep.tensors(self.device), index, shuffle=False,
@@ -150,20 +252,33 @@ class NetworkMember:
             for b in batches:
                 if codes is not None:
                     b["code"] = codes.index_select(0, b["site"])
-                outs.append(self.net(b).float().cpu().numpy())
+                out = self.net(b)
+                outs.append((out[:, -1] if last_step and self.spec.kind == "temporal" else out).float().cpu().numpy())
         out = np.concatenate(outs) if outs else np.zeros((0, len(TARGETS)), np.float32)
-        out = out.reshape(n_sites, -1, len(TARGETS))[:, :n_days]
-        return scaler.unscale_targets(out)
+        if last_step and self.spec.kind == "temporal":
+            full = np.full((n_sites, n_days, len(TARGETS)), np.nan, np.float32)
+            if starts.size:
+                full[:, cfg.window - 1:] = out.reshape(n_sites, starts.size, len(TARGETS))
+            out = full
+        else:
+            out = out.reshape(n_sites, -1, len(TARGETS))[:, :n_days]
+        out = scaler.unscale_targets(out)
+        if keep is not None:
+            out[~keep] = np.nan
+        return out
 
     def state(self) -> dict:
+        """The network's parameters and buffers."""
         return self.net.state_dict()
 
     def save(self, stem: Path) -> None:
+        """Write ``<stem>.pt`` (CPU tensors)."""
         import torch
 
         torch.save({k: v.detach().cpu() for k, v in self.net.state_dict().items()}, f"{stem}.pt")
 
     def load(self, stem: Path) -> NetworkMember:
+        """Read ``<stem>.pt``; returns self."""
         import torch
 
         p = Path(f"{stem}.pt")
@@ -175,50 +290,101 @@ class NetworkMember:
 
 
 class TreeMember:
-    """XGBoost / LightGBM behind the member interface (features + lat/lon per day)."""
+    """A registered tree library behind the member interface.
+
+    cbgrid's inputs are the features and lat/lon of a day, its targets physical, its instance
+    weights the networks' loss weights. The reference's (``trees.inputs: categorical``) are lat,
+    lon, IGBP, Köppen and the detailed Köppen class (pandas categoricals, which XGBoost and
+    LightGBM take natively), then the MODIS and ERA5-Land features; its targets standardised; its
+    weights QC.clip(0.01, 1) × class weights normalised to mean 1, the validation unweighted.
+    """
 
     family = "tree"
 
     def __init__(self, spec: ModelSpec, n_features: int, hp: dict, cfg: TrainConfig, device: str, seed: int):
         self.spec, self.cfg, self.seed = spec, cfg, seed
+        self.rules = cfg.rules
+        self.trees = dict(self.rules.trees)
         hp = dict(hp)
         if "lr" in hp:  # --lr means the learning rate for trees too
             hp["learning_rate"] = hp.pop("lr")
         hp = {k: v for k, v in hp.items() if k not in ("hidden", "dropout", "layers")}
-        self.model = models.tree_class(spec.name)(hp, patience=cfg.patience, device=device, threads=cfg.threads)
+        if self.trees.get("max_leaves"):
+            hp.setdefault("max_leaves", int(self.trees["max_leaves"]))
+        self.model = models.tree_class(spec.name)(hp, patience=cfg.patience, device=device, threads=cfg.threads,
+                                                  multi_output=bool(self.trees.get("multi_output")),
+                                                  keep=self.trees.get("keep", "best"))
 
     @property
     def seed_independent(self) -> bool:
         return not self.model.stochastic
 
-    @staticmethod
-    def matrix(x: np.ndarray, s: np.ndarray, index: np.ndarray) -> np.ndarray:
-        """Rows (site, day) -> [features, lat, lon]."""
-        return np.concatenate([x[index[:, 0], index[:, 1]], s[index[:, 0]]], axis=1)
+    def matrix(self, p: Prepared, index: np.ndarray, features: list[str]):
+        """Rows (site, day) -> the model's inputs: [features, lat, lon] or the reference's table."""
+        if self.trees.get("inputs") != "categorical":
+            return np.concatenate([p.x[index[:, 0], index[:, 1]], p.s[index[:, 0]]], axis=1)
+        site = index[:, 0]
+        table = {"lat": p.s[site, 0], "lon": p.s[site, 1]}
+        for col, (name, vocab) in enumerate((("igbp", schema.REFERENCE_IGBP), ("koppen", schema.REFERENCE_KOPPEN),
+                                             ("koppen_detailed", schema.REFERENCE_KOPPEN_DETAILED))):
+            label = {"igbp": "IGBP", "koppen": "Koppen", "koppen_detailed": "Koppen_short"}[name]
+            names = schema.decode(name, p.codes[:, col])
+            table[label] = pd.Categorical(names[site], categories=list(vocab))
+        modis = set(catalog.modis_bands())
+        order = [i for i, f in enumerate(features) if f in modis] + [i for i, f in enumerate(features) if f not in modis]
+        x = p.x[index[:, 0], index[:, 1]]
+        for i in order:
+            table[features[i]] = x[:, i]
+        return pd.DataFrame(table)
 
     def fit(self, data: TrainingData, progress: bool = False) -> pd.DataFrame:
+        """Fit on the training days; the validation part stops the boosting."""
         fit_idx, val_idx = data.index("static", self.cfg.windows)
         if len(fit_idx) == 0:
             raise ValueError("no training days: the training sites have no day with GPP, RECO and NEE observed")
         p, a = data.prepared, data.arrays
+        scaled = self.trees.get("targets") == "scaled"
+        qc_clip = self.trees.get("weights") == "qc_clip"
+        site_w = data.weights.site(a.igbp, a.koppen)
 
-        def xyw(idx):
-            return self.matrix(p.x, p.s, idx), a.y[idx[:, 0], idx[:, 1]], p.w[idx[:, 0], idx[:, 1]]
+        def xyw(idx, validation: bool):
+            s, d = idx[:, 0], idx[:, 1]
+            y = p.y[s, d] if scaled else a.y[s, d]
+            if not qc_clip:
+                w = p.w[s, d]
+            elif validation:
+                w = None
+            else:
+                w = np.clip(a.qc[s, d], 0.01, 1.0) * site_w[s]
+                w = (w / w.mean()).astype(np.float32)
+            return self.matrix(p, idx, a.features), y, w
 
-        curve = self.model.fit(*xyw(fit_idx), *(xyw(val_idx) if len(val_idx) else (None, None, None)), seed=self.seed)
+        val = xyw(val_idx, True) if len(val_idx) else (None, None, None)
+        curve = self.model.fit(*xyw(fit_idx, False), *val, seed=self.seed)
         return curve.assign(seed=self.seed)
 
     def predict(self, block: Prepared, scaler: Scaler) -> np.ndarray:
+        """(S, T, 3) physical-unit predictions for every day of a prepared block (NaN where the
+        protocol's features are incomplete)."""
         n_sites, n_days, _ = block.x.shape
         index = np.stack(np.meshgrid(np.arange(n_sites), np.arange(n_days), indexing="ij"), axis=-1).reshape(-1, 2)
-        return self.model.predict(self.matrix(block.x, block.s, index)).reshape(n_sites, n_days, len(TARGETS))
+        out = self.model.predict(self.matrix(block, index, list(scaler.features)))
+        out = out.reshape(n_sites, n_days, len(TARGETS))
+        if self.trees.get("targets") == "scaled":
+            out = scaler.unscale_targets(out)
+        if block.complete is not None:
+            out[~block.complete] = np.nan
+        return out
 
     def save(self, stem: Path) -> None:
+        """Write the boosters beside ``stem``."""
         self.model.save(stem)
 
     def load(self, stem: Path) -> TreeMember:
+        """Read the boosters written by ``save``; returns self."""
         m = self.model
-        self.model = type(m).load(stem, m.params, patience=m.patience, device=m.device, threads=m.threads)
+        self.model = type(m).load(stem, m.params, patience=m.patience, device=m.device, threads=m.threads,
+                                  multi_output=m.multi_output, keep=m.keep)
         return self
 
 

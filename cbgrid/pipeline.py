@@ -18,7 +18,6 @@ later step is array indexing. Nothing here loops over samples in Python:
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from dataclasses import dataclass, field
 
@@ -27,17 +26,36 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from cbgrid import catalog
+from cbgrid import catalog, schema
 from cbgrid.progress import compute as progress_compute
+from cbgrid.protocol import HORIZON, STRIDE, WINDOW, Protocol, WindowSpec  # noqa: F401
 from cbgrid.schema import IGBP_CLASSES, KOPPEN_CLASSES, QC, SITE, TARGETS, TIME
+from cbgrid.windows import (  # noqa: F401  (also the pipeline's public names)
+    availability,
+    complete_window_index,
+    day_index,
+    prediction_windows,
+    validation_cutoff,
+    window_index,
+)
 
 log = logging.getLogger(__name__)
 
-WINDOW, HORIZON, STRIDE = 30, 15, 15
 #: lat, lon (scaled) — the per-site static inputs of every model.
 STATIC = ("lat", "lon")
 #: One-hot IGBP (17 classes) followed by one-hot Köppen main class (5).
 N_ONEHOT = len(IGBP_CLASSES) + len(KOPPEN_CLASSES)
+
+
+def n_onehot(scheme: str = "cbgrid") -> int:
+    """Width of the one-hot class vector: 22 (cbgrid) or 51 (reference).
+
+    >>> n_onehot("reference")
+    51
+    """
+    if scheme == "reference":
+        return len(schema.REFERENCE_IGBP) + len(schema.REFERENCE_KOPPEN) + len(schema.REFERENCE_KOPPEN_DETAILED)
+    return N_ONEHOT
 #: Sites per block when filling features, to bound the temporary index memory.
 _FILL_BLOCK = 64
 
@@ -71,6 +89,11 @@ class SiteArrays:
     koppen: np.ndarray  # (S,) int codes 1..5
     y: np.ndarray | None = None  # (S, T, 3) float32 GPP, RECO, NEE
     qc: np.ndarray | None = None  # (S, T) float32
+    koppen_detailed: np.ndarray | None = None  # (S,) int codes (0 unknown)
+
+    def __post_init__(self):
+        if self.koppen_detailed is None:
+            self.koppen_detailed = np.zeros(len(self.sites), np.int64)
 
     @property
     def observed(self) -> np.ndarray:
@@ -79,6 +102,11 @@ class SiteArrays:
             raise ValueError("these arrays were read without targets")
         return np.isfinite(self.y).all(axis=-1)
 
+    @property
+    def rows(self) -> np.ndarray:
+        """(S, T) bool: the reference's target rows, days with all three targets and QC."""
+        return self.observed & np.isfinite(self.qc)
+
     def subset(self, idx) -> SiteArrays:
         """The arrays of the sites at positions ``idx``."""
         idx = np.asarray(idx)
@@ -86,6 +114,7 @@ class SiteArrays:
             self.sites[idx], self.time, self.features, self.x[idx], self.lat[idx], self.lon[idx],
             self.igbp[idx], self.koppen[idx],
             None if self.y is None else self.y[idx], None if self.qc is None else self.qc[idx],
+            self.koppen_detailed[idx],
         )
 
 
@@ -94,12 +123,15 @@ def site_info(ds: xr.Dataset) -> dict[str, np.ndarray]:
     missing = [c for c in ("lat", "lon", "igbp", "koppen") if c not in ds.coords and c not in ds]
     if missing:
         raise ValueError(f"the dataset lacks site coordinate(s) {missing}; predictions need lat, lon, igbp, koppen")
-    return {
+    info = {
         "lat": np.asarray(ds["lat"].values, np.float64),
         "lon": np.asarray(ds["lon"].values, np.float64),
         "igbp": np.asarray(ds["igbp"].values).astype(np.int64),
         "koppen": np.asarray(ds["koppen"].values).astype(np.int64),
     }
+    if "koppen_detailed" in ds.coords or "koppen_detailed" in ds:
+        info["koppen_detailed"] = np.asarray(ds["koppen_detailed"].values).astype(np.int64)
+    return info
 
 
 def read_arrays(ds: xr.Dataset, features: list[str], *, targets: bool = True, progress: bool = False) -> SiteArrays:
@@ -151,19 +183,27 @@ class Scaler:
     y_std: np.ndarray
 
     @classmethod
-    def fit(cls, a: SiteArrays) -> Scaler:
-        """Statistics over every finite value of the (training) sites in ``a``."""
+    def fit(cls, a: SiteArrays, rows: np.ndarray | None = None) -> Scaler:
+        """Statistics over every finite value of the (training) sites in ``a``.
+
+        With a (site, day) ``rows`` mask (the reference's fitting rows), every statistic —
+        features, lat/lon and targets — is taken over those rows only, as a StandardScaler
+        fitted on the row table would (lat/lon weighted by each site's number of rows).
+        """
         if a.y is None:
             raise ValueError("fitting a scaler needs the targets")
         if a.x.shape[0] == 0:
             raise ValueError("no training sites to fit the scaling statistics on")
-        x_mean, x_std = _nan_mean_std(a.x.reshape(-1, a.x.shape[-1]))
-        obs = a.observed
+        obs = a.observed if rows is None else rows & a.observed
         if not obs.any():
             raise ValueError(f"the {len(a.sites)} training site(s) have no day with GPP, RECO and NEE observed")
+        x_mean, x_std = _nan_mean_std(a.x.reshape(-1, a.x.shape[-1]) if rows is None else a.x[rows])
         y_mean, y_std = _nan_mean_std(a.y[obs])
         s = np.stack([a.lat, a.lon], axis=-1)
-        s_mean, s_std = s.mean(0), s.std(0)
+        if rows is None:
+            s_mean, s_std = s.mean(0), s.std(0)
+        else:
+            s_mean, s_std = _nan_mean_std(np.repeat(s, rows.sum(axis=1), axis=0))
         nan_feat = [f for f, m in zip(a.features, x_mean) if not np.isfinite(m)]
         if nan_feat:
             raise ValueError(f"feature(s) {nan_feat} have no finite value at any training site")
@@ -216,16 +256,82 @@ def forward_fill(x: np.ndarray) -> np.ndarray:
     return x
 
 
-def model_features(x: np.ndarray, scaler: Scaler) -> np.ndarray:
-    """Raw (S, T, F) features -> scaled, forward-filled, remaining gaps at the training mean (0)."""
+def interpolate_linear(x: np.ndarray, columns, valid: np.ndarray | None = None) -> np.ndarray:
+    """Linear interpolation in time of ``columns`` of (S, T, F) ``x``, in place, from the finite
+    values on ``valid`` days (S, T); before the first / after the last such value the nearest one
+    is carried (pandas ``interpolate(limit_direction='both')``). Other columns are untouched.
+
+    >>> x = np.array([[[1.0], [np.nan], [3.0], [np.nan]]], np.float32)
+    >>> interpolate_linear(x, [0])[0, :, 0].tolist()
+    [1.0, 2.0, 3.0, 3.0]
+    """
+    columns = list(columns)
+    if not columns:
+        return x
+    n_sites, n_days, _ = x.shape
+    t = np.arange(n_days, dtype=np.float32)
+    for i0 in range(0, n_sites, _FILL_BLOCK):
+        blk = x[i0:i0 + _FILL_BLOCK][:, :, columns]
+        ok = np.isfinite(blk)
+        if valid is not None:
+            ok &= valid[i0:i0 + _FILL_BLOCK, :, None]
+        vals = np.where(ok, blk, 0.0)
+        idx = np.where(ok, np.arange(n_days, dtype=np.int32)[None, :, None], -1)
+        prev = np.maximum.accumulate(idx, axis=1)
+        nxt = np.where(ok, np.arange(n_days, dtype=np.int32)[None, :, None], n_days)
+        nxt = np.minimum.accumulate(nxt[:, ::-1], axis=1)[:, ::-1]
+        has_prev, has_next = prev >= 0, nxt < n_days
+        vp = np.take_along_axis(vals, np.clip(prev, 0, n_days - 1), axis=1)
+        vn = np.take_along_axis(vals, np.clip(nxt, 0, n_days - 1), axis=1)
+        span = np.where(has_prev & has_next, np.maximum(nxt - prev, 1), 1).astype(np.float32)
+        frac = np.where(has_prev & has_next, (t[None, :, None] - prev) / span, 0.0)
+        filled = np.where(has_prev & has_next, vp + frac * (vn - vp), np.where(has_prev, vp, vn))
+        filled = np.where(has_prev | has_next, filled, np.nan).astype(np.float32)
+        x[i0:i0 + _FILL_BLOCK, :, columns] = np.where(ok, blk, filled)
+    return x
+
+
+def model_features(x: np.ndarray, scaler: Scaler, protocol: Protocol | None = None,
+                   available: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Raw (S, T, F) features -> scaled model inputs and the (S, T) days with complete features.
+
+    cbgrid's rule (``forward_fill``): gaps carry the last observation forward, what remains
+    (before a site's first observation) takes the training mean (0 after scaling); every day is
+    complete. The reference's (``interpolate_modis``): only ``available`` days have features;
+    MODIS is interpolated linearly between them, ERA-Land gaps stay gaps; a day is complete when
+    it is available and every feature is finite. Incomplete days hold 0 (never used as inputs).
+    """
     out = ((x - scaler.x_mean.astype(np.float32)) / scaler.x_std.astype(np.float32)).astype(np.float32)
-    forward_fill(out)
+    if protocol is None or protocol.feature_fill == "forward_fill":
+        forward_fill(out)
+        complete = np.ones(out.shape[:2], bool)
+    else:
+        modis = set(catalog.modis_bands())
+        interpolate_linear(out, [i for i, f in enumerate(scaler.features) if f in modis], available)
+        complete = np.isfinite(out).all(axis=-1)
+        if available is not None:
+            complete &= available
     np.nan_to_num(out, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
-    return out
+    return out, complete
 
 
-def onehot(igbp: np.ndarray, koppen: np.ndarray) -> np.ndarray:
-    """(S, 22) float32: one-hot IGBP (codes 0..16) then one-hot Köppen main class (codes 1..5)."""
+def onehot(igbp: np.ndarray, koppen: np.ndarray, koppen_detailed: np.ndarray | None = None,
+           scheme: str = "cbgrid") -> np.ndarray:
+    """One-hot site classes, float32.
+
+    ``cbgrid``: (S, 22) IGBP (codes 0..16) then Köppen main class (codes 1..5). ``reference``:
+    (S, 51) the reference's 16 FLUXNET IGBP classes, 5 Köppen classes and 30 detailed Köppen
+    classes in its own order (``schema.REFERENCE_*``); classes outside them give zeros.
+
+    >>> onehot(np.array([1]), np.array([3])).nonzero()[1].tolist()
+    [1, 19]
+    >>> onehot(np.array([1]), np.array([3]), np.array([10]), scheme="reference").shape
+    (1, 51)
+    """
+    if scheme == "reference":
+        return _onehot_reference(igbp, koppen, koppen_detailed)
+    if scheme != "cbgrid":
+        raise ValueError(f"one-hot scheme must be 'cbgrid' or 'reference', not {scheme!r}")
     igbp, koppen = np.asarray(igbp, int), np.asarray(koppen, int)
     out = np.zeros((igbp.size, N_ONEHOT), np.float32)
     r = np.arange(igbp.size)
@@ -234,6 +340,22 @@ def onehot(igbp: np.ndarray, koppen: np.ndarray) -> np.ndarray:
     ok = (koppen >= 1) & (koppen <= len(KOPPEN_CLASSES))
     out[r[ok], len(IGBP_CLASSES) + koppen[ok] - 1] = 1
     return out
+
+
+def _onehot_reference(igbp, koppen, koppen_detailed) -> np.ndarray:
+    blocks = []
+    for name, codes, vocab in (("igbp", igbp, schema.REFERENCE_IGBP), ("koppen", koppen, schema.REFERENCE_KOPPEN),
+                               ("koppen_detailed", koppen_detailed, schema.REFERENCE_KOPPEN_DETAILED)):
+        n = len(np.asarray(igbp))
+        block = np.zeros((n, len(vocab)), np.float32)
+        if codes is not None:
+            names = schema.decode(name, np.asarray(codes, int))
+            pos = {c: i for i, c in enumerate(vocab)}
+            col = np.asarray([pos.get(v, -1) for v in names], int)
+            ok = col >= 0
+            block[np.flatnonzero(ok), col[ok]] = 1.0
+        blocks.append(block)
+    return np.concatenate(blocks, axis=1)
 
 
 def class_weights(codes: np.ndarray, counts: np.ndarray, n_classes: int, first: int = 0) -> np.ndarray:
@@ -258,8 +380,10 @@ class Weights:
     koppen: np.ndarray
 
     @classmethod
-    def fit(cls, a: SiteArrays) -> Weights:
-        days = a.observed.sum(1)
+    def fit(cls, a: SiteArrays, rows: np.ndarray | None = None) -> Weights:
+        """Class weights from the observed days of the training sites (or from ``rows``, the
+        reference's fitting rows: sklearn ``compute_class_weight('balanced')`` over them)."""
+        days = (a.observed if rows is None else rows).sum(1)
         return cls(class_weights(a.igbp, days, len(IGBP_CLASSES)), class_weights(a.koppen, days, len(KOPPEN_CLASSES), first=1))
 
     def site(self, igbp, koppen) -> np.ndarray:
@@ -288,113 +412,51 @@ class Weights:
 
 
 # --------------------------------------------------------------------------------------------
-# Sample indices (vectorized)
-# --------------------------------------------------------------------------------------------
-def validation_cutoff(observed: np.ndarray, fraction: float = 0.2) -> np.ndarray:
-    """(S,) first day index of each site's validation part: the last ``fraction`` of its
-    observed days. Days before the cutoff are for fitting. A site without observations gets T."""
-    if not 0 <= fraction < 1:
-        raise ValueError(f"validation fraction must be in [0, 1), got {fraction}")
-    cum = np.cumsum(observed, axis=1)
-    total = cum[:, -1] if cum.shape[1] else np.zeros(observed.shape[0], int)
-    n_fit = np.ceil(total * (1 - fraction)).astype(int)
-    # cutoff = the day after the n_fit-th observed day
-    cut = (cum >= np.maximum(n_fit, 1)[:, None]).argmax(axis=1) + 1
-    cut = np.where(n_fit >= total, observed.shape[1], cut)
-    return np.where(total > 0, cut, observed.shape[1])
-
-
-def window_index(observed: np.ndarray, window: int = WINDOW, horizon: int = HORIZON, stride: int = STRIDE,
-                 *, min_target_days: int = 1, lo=None, hi=None) -> np.ndarray:
-    """(N, 2) int64 (site, start) of every kept window, sorted by site then start.
-
-    Windows start at 0, stride, 2·stride, ... and span ``window`` days; the targets are the last
-    ``horizon`` days. A window is kept when at least ``min_target_days`` of its target days are
-    observed and its target days lie in [lo, hi) (per-site day indices; default the whole axis).
-    """
-    if not 0 < horizon <= window:
-        raise ValueError(f"horizon must be in 1..window ({window}), got {horizon}")
-    if stride < 1:
-        raise ValueError(f"stride must be >= 1, got {stride}")
-    n_sites, n_days = observed.shape
-    starts = np.arange(0, n_days - window + 1, stride)
-    if starts.size == 0:
-        return np.zeros((0, 2), np.int64)
-    cum = np.zeros((n_sites, n_days + 1), np.int32)
-    np.cumsum(observed, axis=1, out=cum[:, 1:])
-    first, end = starts + window - horizon, starts + window
-    keep = (cum[:, end] - cum[:, first]) >= min_target_days
-    if lo is not None:
-        keep &= first[None, :] >= np.asarray(lo)[:, None]
-    if hi is not None:
-        keep &= end[None, :] <= np.asarray(hi)[:, None]
-    site, k = np.nonzero(keep)
-    return np.stack([site, starts[k]], axis=1).astype(np.int64)
-
-
-def day_index(observed: np.ndarray, *, lo=None, hi=None) -> np.ndarray:
-    """(N, 2) int64 (site, day) of every observed day in [lo, hi) per site (static models)."""
-    keep = observed.copy()
-    t = np.arange(observed.shape[1])[None, :]
-    if lo is not None:
-        keep &= t >= np.asarray(lo)[:, None]
-    if hi is not None:
-        keep &= t < np.asarray(hi)[:, None]
-    site, day = np.nonzero(keep)
-    return np.stack([site, day], axis=1).astype(np.int64)
-
-
-# --------------------------------------------------------------------------------------------
 # The training set
 # --------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class WindowSpec:
-    """How a temporal model sees time: ``window``-day samples every ``stride`` days whose last
-    ``horizon`` days are the targets, kept when ``min_target_days`` of those are observed;
-    ``context`` feature windows per sample for models that need site context (TAM-RL).
-
-    Serialisable: a run's ``config.json`` records it under ``windows``.
-
-    >>> WindowSpec.from_dict(WindowSpec().to_dict()) == WindowSpec()
-    True
-    """
-
-    window: int = WINDOW
-    horizon: int = HORIZON
-    stride: int = STRIDE
-    min_target_days: int = 1
-    context: int = 8
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> WindowSpec:
-        names = {f.name for f in dataclasses.fields(cls)}
-        # runs written before the spec had its own entry kept it flat in their train config
-        d = {("context" if k == "context_windows" else k): v for k, v in d.items()}
-        return cls(**{k: int(v) for k, v in d.items() if k in names and v is not None})
-
-
 @dataclass
 class TrainingData:
-    """The training sites' arrays with the statistics fitted on them, and the fit/validation cut."""
+    """The training sites' arrays with the statistics fitted on them, and the fit/validation cut.
+
+    Under the reference protocol (``protocol.reference``) the cut is over the sites' target
+    rows, the statistics come from the fitting rows, and each part (fitting, validation) has the
+    days its features are available on (``cbgrid.windows.availability``).
+    """
 
     arrays: SiteArrays
     scaler: Scaler
     weights: Weights
     prepared: Prepared
     cutoff: np.ndarray  # (S,) first validation day per site
+    protocol: Protocol | None = None
+    parts: dict = field(default_factory=dict, repr=False)  # reference: {"fit"|"val": (rows, available)}
     _tensors: dict = field(default_factory=dict, repr=False)
 
     @classmethod
-    def build(cls, arrays: SiteArrays, val_fraction: float = 0.2) -> TrainingData:
+    def build(cls, arrays: SiteArrays, val_fraction: float = 0.2, protocol: Protocol | None = None,
+              window: int = WINDOW) -> TrainingData:
+        """Fit the statistics on ``arrays`` (the training sites) and prepare them.
+
+        >>> from cbgrid import testing  # doctest: +SKIP
+        >>> TrainingData.build(read_arrays(testing.site_store(), ["temperature_2m"]))  # doctest: +SKIP
+        """
         if len(arrays.sites) == 0:
             raise ValueError("the training set is empty: no training site is in the store")
-        scaler = Scaler.fit(arrays)
-        weights = Weights.fit(arrays)
-        cutoff = validation_cutoff(arrays.observed, val_fraction)
-        return cls(arrays, scaler, weights, Prepared.build(arrays, scaler, weights), cutoff)
+        if protocol is None or not protocol.reference:
+            scaler = Scaler.fit(arrays)
+            weights = Weights.fit(arrays)
+            cutoff = validation_cutoff(arrays.observed, val_fraction)
+            return cls(arrays, scaler, weights, Prepared.build(arrays, scaler, weights), cutoff, protocol)
+        rows = arrays.rows
+        cutoff = validation_cutoff(rows, val_fraction, rounding=protocol.val_rounding)
+        t = np.arange(rows.shape[1])[None, :]
+        fit_rows, val_rows = rows & (t < cutoff[:, None]), rows & (t >= cutoff[:, None])
+        scaler = Scaler.fit(arrays, rows=fit_rows if protocol.scaling == "fit_rows" else None)
+        weights = Weights.fit(arrays, rows=fit_rows if protocol.class_weights == "fit_rows" else None)
+        avail_fit, avail_val = availability(fit_rows, window), availability(val_rows, window)
+        prepared = Prepared.build(arrays, scaler, weights, protocol=protocol, available=avail_fit | avail_val)
+        parts = {"fit": (fit_rows, avail_fit & prepared.complete), "val": (val_rows, avail_val & prepared.complete)}
+        return cls(arrays, scaler, weights, prepared, cutoff, protocol, parts)
 
     def tensors(self, device: str):
         if device not in self._tensors:
@@ -404,12 +466,19 @@ class TrainingData:
     def index(self, kind: str, windows: WindowSpec) -> tuple[np.ndarray, np.ndarray]:
         """(fit, validation) sample indices: windows (temporal) or observed days (static).
 
-        A window is for fitting when its target days end before the site's cutoff, for
+        cbgrid: a window is for fitting when its target days end before the site's cutoff, for
         validation when they start at or after it; windows straddling the cutoff are unused.
+        Reference: each part's complete windows (``windows.complete_window_index``), or its rows
+        with complete features (static models).
         """
+        w = windows
+        if self.parts:
+            if kind == "temporal":
+                return tuple(complete_window_index(rows, avail, w.window, w.horizon, w.stride)
+                             for rows, avail in (self.parts["fit"], self.parts["val"]))
+            return tuple(day_index(rows & avail) for rows, avail in (self.parts["fit"], self.parts["val"]))
         obs = self.arrays.observed
         if kind == "temporal":
-            w = windows
             args = dict(window=w.window, horizon=w.horizon, stride=w.stride, min_target_days=w.min_target_days)
             return (window_index(obs, hi=self.cutoff, **args), window_index(obs, lo=self.cutoff, **args))
         return day_index(obs, hi=self.cutoff), day_index(obs, lo=self.cutoff)
@@ -424,18 +493,37 @@ class Prepared:
 
     x: np.ndarray  # (S, T, F) scaled, filled
     s: np.ndarray  # (S, 2) scaled lat/lon
-    onehot: np.ndarray  # (S, 22)
+    onehot: np.ndarray  # (S, 22) cbgrid / (S, 51) reference
     y: np.ndarray | None = None  # (S, T, 3) scaled targets, 0 where unobserved
     w: np.ndarray | None = None  # (S, T) loss weight per day, 0 where unobserved
+    complete: np.ndarray | None = None  # (S, T) days whose features are complete (None: all)
+    codes: np.ndarray | None = None  # (S, 3) int codes: igbp, koppen, koppen_detailed
 
     @classmethod
-    def build(cls, a: SiteArrays, scaler: Scaler, weights: Weights | None = None) -> Prepared:
+    def build(cls, a: SiteArrays, scaler: Scaler, weights: Weights | None = None, *,
+              protocol: Protocol | None = None, available: np.ndarray | None = None) -> Prepared:
+        """Scale and fill ``a`` by the protocol's rules; with ``weights``, the loss targets too."""
         y = w = None
         if weights is not None and a.y is not None:
             obs = a.observed
             y = np.where(obs[..., None], scaler.targets(np.nan_to_num(a.y)), 0).astype(np.float32)
             w = weights.day(a)
-        return cls(model_features(a.x, scaler), scaler.static(a.lat, a.lon), onehot(a.igbp, a.koppen), y, w)
+        x, complete = model_features(a.x, scaler, protocol, available)
+        scheme = protocol.onehot if protocol is not None else "cbgrid"
+        codes = np.stack([a.igbp, a.koppen, a.koppen_detailed], axis=1).astype(np.int64)
+        return cls(x, scaler.static(a.lat, a.lon), onehot(a.igbp, a.koppen, a.koppen_detailed, scheme), y, w,
+                   complete, codes)
+
+    @classmethod
+    def for_prediction(cls, a: SiteArrays, scaler: Scaler, protocol: Protocol | None = None,
+                       window: int = WINDOW) -> Prepared:
+        """Sites to predict, prepared by the protocol's rules. Under the reference's rules,
+        sites with targets have features on their rows and the ``window - 1`` days before the
+        first one (as its test part); sites without (grid cells) on every day."""
+        available = None
+        if protocol is not None and protocol.reference:
+            available = availability(a.rows, window) if a.y is not None else np.ones(a.x.shape[:2], bool)
+        return cls.build(a, scaler, protocol=protocol, available=available)
 
     def tensors(self, device="cpu") -> Tensors:
         import torch
@@ -538,6 +626,11 @@ class Batches:
         return -(-len(self.index) // self.batch_size)
 
     def __iter__(self):
+        for rows in self.iter_rows():
+            yield self.gather(rows)
+
+    def iter_rows(self):
+        """The index positions of each batch of an epoch (shuffled per epoch when ``shuffle``)."""
         n = len(self.index)
         if self.shuffle:
             self._rng = np.random.default_rng([int(self.seed), self.epoch])
@@ -548,7 +641,20 @@ class Batches:
         for i0 in range(0, n, self.batch_size):
             rows = order[i0:i0 + self.batch_size]
             # samples of a shuffled batch in memory order: the same batch, fewer cache misses
-            yield self.gather(np.sort(rows) if self.shuffle else rows)
+            yield np.sort(rows) if self.shuffle else rows
+
+    def same_site_rows(self, rows: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """For each index position in ``rows``, a random *other* position of the same site
+        (itself when the site has one sample): TAM-RL's support windows. The index is sorted
+        by site."""
+        rows = np.asarray(rows, np.int64)
+        site = self._site
+        _, start, count = np.unique(site, return_index=True, return_counts=True)
+        pos = np.searchsorted(site[start], site[rows])
+        s0, cnt = start[pos], count[pos]
+        draw = (rng.random(len(rows)) * np.maximum(cnt - 1, 1)).astype(np.int64)
+        other = s0 + draw + (draw >= rows - s0)
+        return np.where(cnt > 1, other, rows)
 
     def gather(self, rows: np.ndarray) -> dict:
         """The batch of samples at positions ``rows`` of the index."""
@@ -614,16 +720,3 @@ class Batches:
         f = self._x.shape[1]
         idx = torch.as_tensor(flat, device=self.data.device)[..., None] + self._steps
         return self._x.index_select(0, idx.reshape(-1)).view(len(site), self.context, self.window, f)
-
-
-def prediction_windows(n_days: int, window: int = WINDOW, horizon: int = HORIZON) -> tuple[int, int, int]:
-    """Padding that lets stride-``horizon`` windows cover every day of an ``n_days`` axis.
-
-    Returns (left, right, n_windows): pad ``left = window - horizon`` days before the first day
-    (repeating it) and ``right`` days after the last; window j then starts at j·horizon on the
-    padded axis and its targets are days [j·horizon, (j+1)·horizon) of the original axis.
-    """
-    n_windows = -(-n_days // horizon)
-    left = window - horizon
-    right = n_windows * horizon - n_days
-    return left, right, n_windows

@@ -69,10 +69,13 @@ class Experiment:
     split: pd.DataFrame | None = None
 
 
-def score_ensemble(members: list[RunPredictions], key, *, min_days: int = ev.MIN_QC_DAYS,
+def score_ensemble(members: list[RunPredictions], key, *, min_days: int | None = None,
                    stores: dict | None = None) -> Experiment:
     """Average the members' predictions (``evaluation.ensemble``) and score the mean on the test
-    sites of the one split and store they share (ValueError naming what differs otherwise)."""
+    sites of the one split and store they share (ValueError naming what differs otherwise).
+    ``min_days`` defaults to the runs' protocol's (30 cbgrid, 1 reference)."""
+    if min_days is None:
+        min_days = members[0].min_days
     stores = {} if stores is None else stores
     store_path = _one([m.store for m in members], "store", key)
     split_path, split = _one_split(members, key)
@@ -92,7 +95,7 @@ def score_ensemble(members: list[RunPredictions], key, *, min_days: int = ev.MIN
     return Experiment(tuple(key), list(members), ens, store, scores, split=split)
 
 
-def score_runs(runs: list[RunPredictions], min_days: int = ev.MIN_QC_DAYS) -> list[Experiment]:
+def score_runs(runs: list[RunPredictions], min_days: int | None = None) -> list[Experiment]:
     """Group runs into seed ensembles (same model, split and feature set), score each ensemble
     on its split's test sites and each member on its own (for the seed spread).
 
@@ -107,7 +110,8 @@ def score_runs(runs: list[RunPredictions], min_days: int = ev.MIN_QC_DAYS) -> li
         e = score_ensemble(members, key, min_days=min_days, stores=stores)
         if len(members) > 1:
             # Members have the ensemble's exclusions; their warnings would only repeat them.
-            e.member_frames = [ev.to_frame(ev.evaluate(m.predictions, e.store, e.split, min_days=min_days,
+            e.member_frames = [ev.to_frame(ev.evaluate(m.predictions, e.store, e.split,
+                                                       min_days=int(e.scores.attrs["min_days"]),
                                                        log_exclusions=False)) for m in members]
             per_site = pd.concat(e.member_frames).groupby(["target", "site"])[[m.name for m in ev.METRICS]].std()
             std = per_site.to_xarray().to_dataarray("metric").transpose("metric", "site", "target")
@@ -167,6 +171,8 @@ def combine(experiments: list[Experiment]) -> xr.Dataset:
         model=("experiment", [e.key[0] for e in experiments]),
         split=("experiment", [e.key[1] for e in experiments]),
         feature_set=("experiment", [e.key[2] for e in experiments]),
+        protocol=("experiment", [e.key[3] if len(e.key) > 3 else "cbgrid" for e in experiments]),
+        min_days=("experiment", [int(e.scores.attrs["min_days"]) for e in experiments]),
         ensemble_size=("experiment", [int(e.scores.attrs["ensemble_size"]) for e in experiments]),
         **{c: ("site", np.asarray(table[c].tolist()), experiments[0].scores[c].attrs) for c in site_coords},
     )
@@ -174,7 +180,6 @@ def combine(experiments: list[Experiment]) -> xr.Dataset:
     ds.attrs = {
         "title": "cbgrid zero-shot scores",
         "qc_rule": first["qc_rule"],
-        "min_days": first["min_days"],
         "comment": "score is NaN where a site is not a test site of the experiment's split or status != 0",
     }
     return ds
@@ -203,12 +208,13 @@ class Report:
         return self.path / "report.md"
 
 
-def write_report(runs, out, *, store=None, split=None, min_days: int = ev.MIN_QC_DAYS, sites=None,
+def write_report(runs, out, *, store=None, split=None, min_days: int | None = None, sites=None,
                  plots: bool = True, overwrite: bool = True, progress: bool = True) -> Report:
     """Score run folders (or loaded ``RunPredictions``) and write the zero-shot report to ``out``.
 
     The report folder is written beside ``out`` and swapped in only when complete, so a failure
-    leaves an existing report untouched. ``store``/``split`` override what the runs recorded.
+    leaves an existing report untouched. ``store``/``split`` override what the runs recorded;
+    ``min_days`` (fewest scored days per site) defaults to each run's protocol's.
 
     >>> report = write_report(["runs/xgboost", "runs/ctlstm"], "reports/koppen")  # doctest: +SKIP
     >>> print(report.summary_markdown)                                             # doctest: +SKIP
@@ -219,12 +225,12 @@ def write_report(runs, out, *, store=None, split=None, min_days: int = ev.MIN_QC
         raise ValueError("no runs to score")
     experiments = score_runs(runs, min_days)
     with replace_dir(out, overwrite=overwrite, hint="choose another --out") as tmp:
-        report = _write(tmp, experiments, min_days, sites=sites, plots=plots)
+        report = _write(tmp, experiments, sites=sites, plots=plots)
     report.path = Path(out)
     return report
 
 
-def _write(out: Path, experiments: list[Experiment], min_days: int, *, sites, plots: bool) -> Report:
+def _write(out: Path, experiments: list[Experiment], *, sites, plots: bool) -> Report:
     out.mkdir(parents=True, exist_ok=True)
 
     scores = combine(experiments)
@@ -282,7 +288,7 @@ def _write(out: Path, experiments: list[Experiment], min_days: int, *, sites, pl
     if plots:
         figures = _plots(out, experiments, pd.concat([mine, pub_all]) if pub_all is not None else mine,
                          breakdowns["igbp"], breakdowns["koppen"], sites)
-    _write_index(out, experiments, summary, md, bad, pub_all, written, figures, min_days)
+    _write_index(out, experiments, summary, md, bad, pub_all, written, figures)
     return Report(out, experiments, summary, ev.markdown_table(md), written, figures)
 
 
@@ -348,20 +354,29 @@ def _example_sites(scores, target) -> list[str]:
     return list(dict.fromkeys(picks))
 
 
-def _write_index(out, experiments, summary, md, bad, pub_all, written, figures, min_days) -> None:
+def _write_index(out, experiments, summary, md, bad, pub_all, written, figures) -> None:
     lines = ["# Zero-shot evaluation report", ""]
+    min_days = sorted({int(e.scores.attrs["min_days"]) for e in experiments})
+    fewest = " or ".join(str(m) for m in min_days)
     lines.append(
         f"Scores on the test sites of each split, on {ev.QC_RULE_TEXT} only. Per site: R², RMSE "
         "(gC m-2 d-1), nMAE (MAE / |site mean of observations|), RAE (MAE / MAE of the site-mean "
         f"predictor). Quantiles are across sites, with the number of sites beside them. Sites with "
-        f"fewer than {min_days} QC = 1 days are not scored."
+        f"fewer than {fewest} QC = 1 days are not scored (per experiment below)."
     )
-    lines += ["", "## Experiments", "", "| experiment | runs | test sites | scored (GPP) | not scored |", "|---|---|---|---|---|"]
+    protocols = sorted({e.key[3] for e in experiments})
+    lines.append("")
+    lines.append(f"Protocols: {', '.join(protocols)} (catalogs/protocols.yaml). Rankings compare runs of one "
+                 "protocol only; the published baselines were produced under the reference protocol.")
+    lines += ["", "## Experiments", "",
+              "| experiment | protocol | runs | test sites | scored (GPP) | not scored | fewest QC = 1 days |",
+              "|---|---|---|---|---|---|---|"]
     for e in experiments:
         s = e.scores
         n_scored = int((s["status"].sel(target=GPP) == 0).sum()) if GPP in s["target"].values else 0
         n_bad = int((s["status"] != 0).any("target").sum())
-        lines.append(f"| {'/'.join(e.key)} | {len(e.runs)} | {s.sizes['site']} | {n_scored} | {n_bad} |")
+        lines.append(f"| {'/'.join(e.key)} | {e.key[3]} | {len(e.runs)} | {s.sizes['site']} | {n_scored} | {n_bad} | "
+                     f"{s.attrs['min_days']} |")
     lines += ["", "## Summary", "", ev.markdown_table(md), ""]
     lines.append("n = sites with a score for that target (R² and RAE leave out sites with constant "
                  "observations, nMAE sites with a zero mean; exact counts per metric in summary.csv).")

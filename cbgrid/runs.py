@@ -39,7 +39,8 @@ from cbgrid.atomic import replace_dir
 from cbgrid.members import MEMBERS
 from cbgrid.pipeline import Prepared, Scaler, Weights, WindowSpec
 from cbgrid.progress import bar as progress_bar
-from cbgrid.protocol import TrainConfig
+from cbgrid.protocol import Protocol, TrainConfig
+from cbgrid.protocol import get as protocol_rules
 from cbgrid.runtime import resolve_device
 from cbgrid.schema import SITE, TARGETS, TIME
 
@@ -98,6 +99,19 @@ class Run:
         return list(self.config["features"])
 
     @property
+    def protocol(self) -> str:
+        """The name of the protocol the run was trained under."""
+        return str(self.config.get("protocol") or (self.config.get("train") or {}).get("protocol") or "cbgrid")
+
+    @property
+    def rules(self) -> Protocol:
+        """The protocol's rules as recorded in the run (or, for older runs, from the catalog)."""
+        recorded = self.config.get("protocol_rules")
+        if recorded:
+            return Protocol(**recorded)
+        return protocol_rules(self.protocol)
+
+    @property
     def windows(self) -> WindowSpec:
         """The run's window rules (recorded in ``config.json``)."""
         return window_spec(self.config)
@@ -128,6 +142,9 @@ class Run:
         if missing:
             raise ValueError(f"the dataset lacks the run's feature variable(s) {missing}")
         pipeline.site_info(ds)
+        rules = self.rules
+        # the reference's test days depend on the sites' target rows, when the dataset has them
+        with_targets = rules.reference and all(v in ds.data_vars for v in (*TARGETS, schema.QC))
         n_sites, n_days = ds.sizes[SITE], ds.sizes[TIME]
         block_sites = max(1, n_sites) if block_sites is None else int(block_sites)
         if block_sites < 1:
@@ -137,8 +154,8 @@ class Run:
         for i0 in progress_bar(range(0, n_sites, block_sites), desc=f"predicting {self.model_name}", unit="block",
                                progress=progress):
             sub = ds.isel({SITE: slice(i0, i0 + block_sites)})
-            a = pipeline.read_arrays(sub, self.features, targets=False)
-            block = Prepared.build(a, self.scaler)
+            a = pipeline.read_arrays(sub, self.features, targets=with_targets)
+            block = Prepared.for_prediction(a, self.scaler, rules, self.windows.window)
             preds = np.stack([m.predict(block, self.scaler) for m in self.members])
             mean[i0:i0 + len(a.sites)] = preds.mean(0)
             std[i0:i0 + len(a.sites)] = preds.std(0)
@@ -216,6 +233,7 @@ def predictions_dataset(ds: xr.Dataset, mean: np.ndarray, std: np.ndarray, confi
         "feature_set": config["feature_set"],
         "seeds": " ".join(str(s) for s in config["seeds"]),
         "run": str(config.get("run") or (Path(path).name if path else "")),
+        "protocol": str(config.get("protocol") or (config.get("train") or {}).get("protocol") or "cbgrid"),
         "Conventions": "CF-1.8",
     }
     return out
@@ -264,10 +282,19 @@ class RunPredictions:
     split: Path | pd.DataFrame | None
 
     @property
-    def key(self) -> tuple[str, str, str]:
-        """(model, split, feature set): runs sharing a key form one seed ensemble."""
+    def key(self) -> tuple[str, str, str, str]:
+        """(model, split, feature set, protocol): runs sharing a key form one seed ensemble."""
         a = self.predictions.attrs
-        return (str(a.get("model", "unknown")), str(a.get("split", "unknown")), str(a.get("feature_set", "unknown")))
+        return (str(a.get("model", "unknown")), str(a.get("split", "unknown")), str(a.get("feature_set", "unknown")),
+                str(a.get("protocol", "cbgrid")))
+
+    @property
+    def min_days(self) -> int:
+        """The fewest scored days a site needs under the run's protocol."""
+        try:
+            return protocol_rules(self.key[3]).min_days
+        except ValueError:  # a protocol this version does not know
+            return protocol_rules("cbgrid").min_days
 
     def split_table(self) -> pd.DataFrame:
         """The train/test membership the run was tested on."""

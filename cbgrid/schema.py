@@ -45,6 +45,16 @@ KOPPEN_DETAILED_CLASSES = (
 )
 NETWORKS = ("other", "FLUXNET2015", "AmeriFlux", "ICOS", "JapanFlux", "twin")
 
+#: The reference implementation's one-hot vocabularies, in its own order
+#: (carbonfluxbench/utils/processing.py): the 16 FLUXNET IGBP classes, the Köppen main classes,
+#: and the 30 detailed Köppen classes. Classes outside them encode as all zeros.
+REFERENCE_IGBP = ("CRO", "CSH", "CVM", "DBF", "DNF", "EBF", "ENF", "GRA", "MF", "OSH", "SAV",
+                  "SNO", "URB", "WAT", "WET", "WSA")
+REFERENCE_KOPPEN = KOPPEN_CLASSES
+REFERENCE_KOPPEN_DETAILED = ("Af", "Am", "Aw", "BWh", "BWk", "BSh", "BSk", "Cfa", "Cwa", "Csa", "Csb", "Csc",
+                             "Cwb", "Cwc", "Cfb", "Cfc", "Dsa", "Dsb", "Dsc", "Dsd", "Dwa", "Dwb", "Dwc", "Dwd",
+                             "Dfa", "Dfb", "Dfc", "Dfd", "ET", "EF")
+
 #: (classes, first code) per categorical site coordinate.
 CATEGORICALS: dict[str, tuple[tuple[str, ...], int]] = {
     "igbp": (IGBP_CLASSES, 0),

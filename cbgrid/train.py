@@ -43,11 +43,10 @@ def fit_members(data: TrainingData, cfg: TrainConfig, hp: dict, *, device: str =
 
     Trees without row/column subsampling are deterministic: one fit stands for every seed.
     """
+    cfg = check_config(cfg.resolved())
     spec = models.spec(cfg.model)
     n_features = data.prepared.x.shape[-1]
     seeds = list(range(cfg.first_seed, cfg.first_seed + cfg.seeds))
-    if cfg.seeds < 1:
-        raise ValueError(f"seeds must be >= 1, got {cfg.seeds}")
     members, curves = [], []
     for seed in seeds:
         m = MEMBERS[spec.family](spec, n_features, hp, cfg, device, seed)
@@ -99,6 +98,8 @@ def cv_search(arrays: SiteArrays, split: pd.DataFrame, cfg: TrainConfig, grid: d
     pos = pd.Index(arrays.sites)
     keys = list(grid)
     combos = [dict(zip(keys, vals)) for vals in itertools.product(*(grid[k] for k in keys))]
+    cfg = check_config(cfg.resolved())
+    rules = cfg.rules
     one = dataclasses.replace(cfg, seeds=1)
     rows = []
     bar = progress_bar(total=len(combos) * len(folds), desc=f"CV {cfg.model}", unit="fit", progress=progress)
@@ -107,10 +108,11 @@ def cv_search(arrays: SiteArrays, split: pd.DataFrame, cfg: TrainConfig, grid: d
         for k in folds:
             val_sites = train.loc[train["fold"] == k, "site"].astype(str)
             is_val = pos.isin(val_sites)
-            data = TrainingData.build(arrays.subset(np.flatnonzero(~is_val)), cfg.val_fraction)
+            data = TrainingData.build(arrays.subset(np.flatnonzero(~is_val)), cfg.val_fraction, protocol=rules,
+                                      window=cfg.window)
             members, _, _ = fit_members(data, one, hp, device=device)
             va = arrays.subset(np.flatnonzero(is_val))
-            pred = members[0].predict(Prepared.build(va, data.scaler), data.scaler)
+            pred = members[0].predict(Prepared.for_prediction(va, data.scaler, rules, cfg.window), data.scaler)
             obs = np.where(va.observed[..., None], va.y, np.nan)
             site_r2 = r2(obs, pred, axis=1)
             rows.append({"combo": ci, **combo, "fold": k, "score": float(np.nanmean(np.nanmedian(site_r2, axis=0))),
@@ -124,6 +126,24 @@ def cv_search(arrays: SiteArrays, split: pd.DataFrame, cfg: TrainConfig, grid: d
     return best, table
 
 
+def check_config(cfg: TrainConfig) -> TrainConfig:
+    """A resolved TrainConfig, or ValueError naming the first value that cannot train a model."""
+    positive = {"seeds": cfg.seeds, "max_epochs": cfg.max_epochs, "batch_size": cfg.batch_size,
+                "window": cfg.window, "horizon": cfg.horizon, "stride": cfg.stride}
+    for name, value in positive.items():
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"{name} is {value!r}; it must be a whole number >= 1 (--{name.replace('_', '-')})")
+    if cfg.patience is not None and cfg.patience < 1:
+        raise ValueError(f"patience is {cfg.patience}; it must be >= 1 (--patience)")
+    if cfg.alpha is not None and cfg.alpha < 0:
+        raise ValueError(f"alpha is {cfg.alpha}; the carbon-balance weight must be >= 0")
+    if not 0 <= cfg.val_fraction < 1:
+        raise ValueError(f"val_fraction is {cfg.val_fraction}; it must be in [0, 1)")
+    if cfg.horizon > cfg.window:
+        raise ValueError(f"horizon {cfg.horizon} exceeds the window of {cfg.window} days")
+    return cfg
+
+
 def fit(ds: xr.Dataset, split, cfg: TrainConfig, *, grid: dict | None = None, out=None, overwrite: bool = False,
         progress: bool = False) -> Run:
     """Train ``cfg.model`` on the training sites of ``split`` and predict the test sites.
@@ -134,6 +154,7 @@ def fit(ds: xr.Dataset, split, cfg: TrainConfig, *, grid: dict | None = None, ou
     the run directory is written there (atomically).
     """
     t_start = time.perf_counter()
+    cfg = check_config(cfg.resolved())
     spec = models.spec(cfg.model)
     features = pipeline.feature_variables(ds, cfg.feature_set)
     train_sites, test_sites, split_df = _sites_of(split)
@@ -156,7 +177,7 @@ def fit(ds: xr.Dataset, split, cfg: TrainConfig, *, grid: dict | None = None, ou
         chosen, cv_table = cv_search(arrays, split_df, cfg, grid, device=device, progress=progress)
     hp = _hyperparameters(cfg, chosen)
     t0 = time.perf_counter()
-    data = TrainingData.build(arrays, cfg.val_fraction)
+    data = TrainingData.build(arrays, cfg.val_fraction, protocol=cfg.rules, window=cfg.window)
     t_prep = time.perf_counter() - t0
     t0 = time.perf_counter()
     with torch_threads(cfg.threads):
@@ -172,6 +193,7 @@ def fit(ds: xr.Dataset, split, cfg: TrainConfig, *, grid: dict | None = None, ou
         "hparams": hp, "cv_best": chosen or None, "grid": grid or None,
         "seeds": list(range(cfg.first_seed, cfg.first_seed + cfg.seeds)), "fitted_seeds": fitted,
         "train": {**cfg.to_dict(), "device": cfg.device}, "device": device,
+        "protocol": cfg.protocol, "protocol_rules": cfg.rules.to_dict(), "windows": cfg.windows.to_dict(),
         "n_train_sites": len(train_sites), "n_test_sites": len(test_sites),
         "catalog_version": catalog.catalog_version(), "schema": ds.attrs.get("cbgrid_schema", ""),
         "store": str(ds.encoding.get("source", "")), "store_source": str(ds.attrs.get("source", "")),

@@ -293,8 +293,9 @@ def test_cli_report_end_to_end(twin_runs, capsys):
     store = open_store(root / "twin.zarr")
     preds = [xr.open_dataset(r / "predictions.nc") for r in runs[:2]]
     direct = ev.evaluate(ev.ensemble(preds), store, split)
-    xr.testing.assert_allclose(scores["score"].sel(experiment="toy/official-igbp/minimal").drop_vars(
-        ["experiment", "model", "split", "feature_set", "ensemble_size"]), direct["score"])
+    # experiments are named model/split/feature set/protocol
+    xr.testing.assert_allclose(scores["score"].sel(experiment="toy/official-igbp/minimal/cbgrid").drop_vars(
+        ["experiment", "model", "split", "feature_set", "protocol", "min_days", "ensemble_size"]), direct["score"])
 
     summary = pd.read_csv(out / "summary.csv")
     mine = summary[(summary.source == "this report") & (summary.model == "toy")]
@@ -351,5 +352,5 @@ def test_cli_report_with_plots(twin_runs):
     pngs = sorted(p.name for p in out.glob("*.png"))
     for kind in ("distribution_GPP", "heatmap_igbp_NEE", "heatmap_koppen_RECO", "map_R2_GPP"):
         assert f"{kind}.png" in pngs
-    assert f"timeseries_toy_official-igbp_minimal_{site}.png" in pngs
+    assert f"timeseries_toy_official-igbp_minimal_cbgrid_{site}.png" in pngs
     assert all((out / p).stat().st_size > 20_000 for p in pngs)

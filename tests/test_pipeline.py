@@ -94,7 +94,8 @@ def test_forward_fill_then_training_mean():
     a.x[0, :5, 0] = np.nan  # leading gap -> training mean (0 after scaling)
     a.x[1, 30:40, 1] = np.nan  # inner gap -> last value before it
     sc = Scaler.fit(a)
-    out = pipeline.model_features(a.x, sc)
+    out, complete = pipeline.model_features(a.x, sc)
+    assert complete.all()  # cbgrid's rule fills every gap
     assert np.isfinite(out).all()
     np.testing.assert_array_equal(out[0, :5, 0], 0)
     expected = (a.x[1, 29, 1] - sc.x_mean[1]) / sc.x_std[1]

@@ -26,8 +26,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, type=Path, help="report directory (created)")
     p.add_argument("--store", type=Path, default=None, help="benchmark store (default: the one in each run's config)")
     p.add_argument("--split", type=Path, default=None, help="split CSV (default: the one in each run's config)")
-    p.add_argument("--min-days", type=int, default=MIN_QC_DAYS,
-                   help=f"fewest QC = 1 days for a site to be scored (default {MIN_QC_DAYS})")
+    p.add_argument("--min-days", type=int, default=None,
+                   help=f"fewest QC = 1 days for a site to be scored (default: the runs' protocol's: "
+                        f"{MIN_QC_DAYS} cbgrid, 1 reference)")
     p.add_argument("--sites", nargs="*", default=None,
                    help="sites for the time-series plots (default: the best, median and worst GPP R2)")
     p.add_argument("--no-plots", action="store_true", help="tables only")
@@ -38,7 +39,8 @@ def cmd_evaluate(args) -> int:
 
     rep = report.write_report(args.runs, args.out, store=args.store, split=args.split, min_days=args.min_days,
                               sites=args.sites, plots=not args.no_plots, progress=not args.quiet)
-    print(f"Zero-shot scores ({QC_RULE_TEXT}; sites with < {args.min_days} such days not scored)\n")
+    fewest = sorted({int(e.scores.attrs["min_days"]) for e in rep.experiments})
+    print(f"Zero-shot scores ({QC_RULE_TEXT}; sites with < {' or '.join(map(str, fewest))} such days not scored)\n")
     print(rep.summary_markdown)
     print(f"\nreport: {rep.index}")
     return 0

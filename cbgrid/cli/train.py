@@ -6,7 +6,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from cbgrid import catalog, models, runs, splits, store, train
+from cbgrid import catalog, models, protocol, runs, splits, store, train
 from cbgrid.atomic import replace_file
 from cbgrid.schema import SITE
 
@@ -21,11 +21,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--split-seed", type=int, default=0, help="seed of the split when --split is a kind")
     p.add_argument("--model", required=True, help=f"one of {', '.join(models.available())}")
     p.add_argument("--feature-set", default="minimal", choices=catalog.FEATURE_SETS)
+    p.add_argument("--protocol", default="cbgrid", choices=protocol.names(),
+                   help="the training and test rules (catalogs/protocols.yaml): cbgrid (default) or the reference "
+                        "implementation's")
     p.add_argument("--seeds", type=int, default=10, help="seed ensemble size (default 10, as published)")
-    p.add_argument("--first-seed", type=int, default=0)
-    p.add_argument("--max-epochs", type=int, default=100)
-    p.add_argument("--patience", type=int, default=20, help="early-stopping patience (epochs; boosting rounds for trees)")
-    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--first-seed", type=int, default=None, help="first seed (default: the protocol's, 0 or 27)")
+    p.add_argument("--max-epochs", type=int, default=None, help="default: the protocol's (100)")
+    p.add_argument("--patience", type=int, default=None,
+                   help="early-stopping patience in epochs (boosting rounds for trees); default: the protocol's")
+    p.add_argument("--batch-size", type=int, default=None, help="default: the protocol's (256 cbgrid, 2048 reference)")
     p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:1, ...")
     p.add_argument("--grid", type=Path, default=None,
                    help="YAML/JSON mapping hyperparameter -> list of values for a 5-fold CV search "
@@ -83,7 +87,7 @@ def cmd_train(args) -> int:
     cfg = train.TrainConfig(
         model=args.model, split=str(split["split"].iloc[0]), feature_set=args.feature_set, seeds=args.seeds,
         first_seed=args.first_seed, max_epochs=args.max_epochs, patience=args.patience, batch_size=args.batch_size,
-        device=args.device, hparams=overrides, threads=args.threads,
+        device=args.device, hparams=overrides, threads=args.threads, protocol=args.protocol,
     )
     run = train.fit(ds, split, cfg, grid=grid, out=args.out, overwrite=args.overwrite, progress=not args.quiet)
     t = run.config["timings_s"]

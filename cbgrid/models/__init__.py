@@ -38,6 +38,17 @@ NETWORKS = {
     "patch_transformer": "cbgrid.models.transformer:PatchTransformer",
     "tamrl": "cbgrid.models.tamrl:TAMRL",
 }
+#: The reference implementation's architectures of the same networks (``--protocol reference``);
+#: a network without one (the MLP: the reference has no MLP code) keeps its cbgrid architecture.
+REFERENCE_NETWORKS = {
+    "lstm": "cbgrid.models.reference:LSTM",
+    "ctlstm": "cbgrid.models.reference:CTLSTM",
+    "gru": "cbgrid.models.reference:GRU",
+    "ctgru": "cbgrid.models.reference:CTGRU",
+    "transformer": "cbgrid.models.reference:Transformer",
+    "patch_transformer": "cbgrid.models.reference:PatchTransformer",
+    "tamrl": "cbgrid.models.reference:TAMRL",
+}
 #: Built-in gradient-boosted tree libraries: name -> "module:Class".
 TREES = {
     "xgboost": "cbgrid.models.xgb:XGBoostTrees",
@@ -123,10 +134,19 @@ def _unknown(name: str) -> ValueError:
     return ValueError(f"unknown model {name!r}; choose one of {', '.join(available())}")
 
 
-def network_class(name: str) -> type:
+def is_tree(name: str) -> bool:
+    """Whether ``name`` is a registered tree library (without importing any model code)."""
+    return name in _trees()
+
+
+def network_class(name: str, architectures: str = "cbgrid") -> type:
+    """The class of network ``name``: cbgrid's, or with ``architectures="reference"`` the
+    reference implementation's where it has one."""
     nets = _networks()
     if name not in nets:
         raise _unknown(name)
+    if architectures == "reference" and name in REFERENCE_NETWORKS and name not in _EXTRA_NETWORKS:
+        return _load(REFERENCE_NETWORKS[name])
     return _load(nets[name])
 
 
@@ -160,9 +180,9 @@ def hyperparameters(name: str, split: str = "koppen") -> dict:
     return catalog.hyperparameters(name, split)
 
 
-def build_network(name: str, n_features: int, n_static: int, n_onehot: int, **hp):
+def build_network(name: str, n_features: int, n_static: int, n_onehot: int, architectures: str = "cbgrid", **hp):
     """Construct network ``name``; ``hp`` are constructor arguments (hidden, layers, dropout, ...)."""
-    return network_class(name)(n_features, n_static, n_onehot, **hp)
+    return network_class(name, architectures)(n_features, n_static, n_onehot, **hp)
 
 
 def n_parameters(model) -> int:

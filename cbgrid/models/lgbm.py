@@ -7,15 +7,18 @@ from pathlib import Path
 import numpy as np
 
 from cbgrid.models.trees import TreeModel
+from cbgrid.runtime import require
 
 
 class LightGBMTrees(TreeModel):
+    """LightGBM, one booster per target, cut at its best validation round; pandas categorical
+    columns are native categoricals."""
+
     name, suffix = "lightgbm", "txt"
     stochastic_params = ("bagging_fraction", "subsample", "feature_fraction", "colsample_bytree")
 
     def fit_one(self, x, y, w, val, seed):
-        import lightgbm as lgb
-
+        lgb = require("lightgbm", "LightGBM trees")
         p = dict(self.params)
         rounds = int(p.pop("n_estimators"))
         p.update(seed=seed, deterministic=True, verbosity=-1, metric="rmse")
@@ -36,6 +39,5 @@ class LightGBMTrees(TreeModel):
         return booster.predict(data, num_threads=self.threads or 0)
 
     def load_one(self, path: Path):
-        import lightgbm as lgb
-
+        lgb = require("lightgbm", "LightGBM trees")
         return lgb.Booster(model_file=str(path))

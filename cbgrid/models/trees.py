@@ -32,13 +32,19 @@ class TreeModel:
     name: str = ""
     suffix: str = "model"
     stochastic_params: tuple[str, ...] = ()
+    #: Whether one booster can fit the three targets at once (``multi_output=True``).
+    supports_multi_output = False
 
     def __init__(self, params: dict | None = None, *, patience: int = 20, device: str = "cpu",
-                 threads: int | None = None):
+                 threads: int | None = None, multi_output: bool = False, keep: str = "best"):
+        if keep not in ("best", "library"):
+            raise ValueError(f"keep must be 'best' or 'library', not {keep!r}")
         self.params = {**catalog.hyperparameters(self.name), **(params or {})}
         self.patience = int(patience)
         self.device = device
         self.threads = threads
+        self.multi_output = bool(multi_output) and self.supports_multi_output
+        self.keep = keep
         self.boosters: list = []
 
     @property
@@ -48,7 +54,9 @@ class TreeModel:
 
     # -- what a library provides --------------------------------------------------------------
     def fit_one(self, x, y, w, val, seed: int):
-        """Fit one booster on one target; ``val`` is (x, y, w) or None. Returns (booster, val_rmse curve)."""
+        """Fit one booster on one target (or, with ``multi_output``, on the (N, 3) targets);
+        ``val`` is (x, y, w) or None; ``x`` a float array or a DataFrame with categorical columns.
+        Returns (booster, validation RMSE per round)."""
         raise NotImplementedError
 
     def prepare(self, x: np.ndarray):
@@ -71,6 +79,11 @@ class TreeModel:
             raise ValueError("no training samples for the trees")
         has_val = x_val is not None and len(x_val) > 0
         curves, self.boosters = [], []
+        if self.multi_output:
+            val = (x_val, np.ascontiguousarray(y_val), w_val) if has_val else None
+            booster, curve = self.fit_one(x, np.ascontiguousarray(y), w, val, seed)
+            self.boosters.append(booster)
+            return pd.DataFrame({"target": "all", "iteration": np.arange(len(curve)), "val_rmse": curve})
         for k, target in enumerate(TARGETS):
             val = (x_val, np.ascontiguousarray(y_val[:, k]), w_val) if has_val else None
             booster, curve = self.fit_one(x, np.ascontiguousarray(y[:, k]), w, val, seed)
@@ -83,15 +96,21 @@ class TreeModel:
         if not self.boosters:
             raise ValueError("the tree model is not fitted")
         data = self.prepare(x)
+        if self.multi_output:
+            return np.asarray(self.predict_one(self.boosters[0], data), np.float32).reshape(-1, len(TARGETS))
         return np.stack([self.predict_one(b, data) for b in self.boosters], axis=-1).astype(np.float32)
 
     def _path(self, stem: Path, target: str) -> Path:
         return Path(f"{stem}-{target}.{self.suffix}")
 
+    def _targets(self) -> tuple[str, ...]:
+        return ("all",) if self.multi_output else TARGETS
+
     def save(self, stem: Path) -> list[Path]:
-        """Write one file per target: ``<stem>-<target>.<suffix>``."""
+        """Write one file per target, ``<stem>-<target>.<suffix>`` (``<stem>-all.<suffix>`` for one
+        multi-output booster)."""
         out = []
-        for target, b in zip(TARGETS, self.boosters):
+        for target, b in zip(self._targets(), self.boosters):
             p = self._path(stem, target)
             self.save_one(b, p)
             out.append(p)
@@ -100,7 +119,7 @@ class TreeModel:
     @classmethod
     def load(cls, stem: Path, params: dict | None = None, **kw) -> TreeModel:
         m = cls(params, **kw)
-        for target in TARGETS:
+        for target in m._targets():
             p = m._path(stem, target)
             if not p.exists():
                 raise FileNotFoundError(f"the run lacks tree file {p}")

@@ -6,15 +6,17 @@ import logging
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from cbgrid.models.trees import TreeModel
+from cbgrid.runtime import require
 
 log = logging.getLogger(__name__)
 
 
 def xgboost_device(requested: str) -> str:
     """'cuda' only when asked for and this xgboost build has CUDA; else 'cpu'."""
-    import xgboost
+    xgboost = require("xgboost", "XGBoost trees")
 
     if str(requested).startswith("cuda") and xgboost.build_info().get("USE_CUDA"):
         return "cuda"
@@ -23,39 +25,46 @@ def xgboost_device(requested: str) -> str:
     return "cpu"
 
 
+def _categorical(x) -> bool:
+    return isinstance(x, pd.DataFrame) and any(isinstance(d, pd.CategoricalDtype) for d in x.dtypes)
+
+
 class XGBoostTrees(TreeModel):
+    """XGBoost; with ``multi_output`` one booster fits the three targets (one tree per target
+    per round); ``keep='library'`` predicts with every round built, as ``xgboost.train`` returns
+    the model after early stopping (the best round plus the patience)."""
+
     name, suffix = "xgboost", "ubj"
     stochastic_params = ("subsample", "colsample_bytree", "colsample_bylevel", "colsample_bynode")
+    supports_multi_output = True
 
     def fit_one(self, x, y, w, val, seed):
-        import xgboost as xgb
-
+        xgb = require("xgboost", "XGBoost trees")
         p = dict(self.params)
         rounds = int(p.pop("n_estimators"))
         p.update(seed=seed, device=xgboost_device(self.device), eval_metric="rmse")
         if self.threads:
             p["nthread"] = self.threads
-        dtrain = xgb.QuantileDMatrix(x, y, weight=w)
+        cat = _categorical(x)
+        dtrain = xgb.QuantileDMatrix(x, y, weight=w, enable_categorical=cat)
         evals, res = [], {}
         if val is not None:
-            evals = [(xgb.DMatrix(val[0], val[1], weight=val[2]), "val")]
+            evals = [(xgb.DMatrix(val[0], val[1], weight=val[2], enable_categorical=cat), "val")]
         bst = xgb.train(p, dtrain, num_boost_round=rounds, evals=evals, evals_result=res,
                         early_stopping_rounds=self.patience if evals else None, verbose_eval=False)
-        if evals:
+        if evals and self.keep == "best":
             bst = bst[: bst.best_iteration + 1]
         return bst, np.asarray(res.get("val", {}).get("rmse", []), float)
 
     def prepare(self, x):
-        import xgboost as xgb
-
-        return xgb.DMatrix(x)
+        xgb = require("xgboost", "XGBoost trees")
+        return xgb.DMatrix(x, enable_categorical=_categorical(x))
 
     def predict_one(self, booster, data):
         return booster.predict(data)
 
     def load_one(self, path: Path):
-        import xgboost as xgb
-
+        xgb = require("xgboost", "XGBoost trees")
         b = xgb.Booster()
         b.load_model(str(path))
         return b
