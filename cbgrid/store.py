@@ -19,13 +19,15 @@ import xarray as xr
 import zarr
 
 from cbgrid import catalog, schema
-from cbgrid.atomic import replace_dir
+from cbgrid.atomic import recover_if_missing, replace_dir, writer_lock
 from cbgrid.progress import compute as progress_compute
 from cbgrid.schema import GPP, QC, SITE, TIME, SchemaError
 
 log = logging.getLogger(__name__)
 
 COMMIT = "cbgrid_commit"
+#: Store schema versions this cbgrid reads (``cbgrid_schema`` root attribute).
+SCHEMA_VERSIONS = ("1",)
 
 
 def _encoding(ds: xr.Dataset) -> dict:
@@ -38,9 +40,11 @@ def _encoding(ds: xr.Dataset) -> dict:
     return enc
 
 
-def _commit(path: Path, n_sites: int, variables) -> None:
+def _commit(path: Path, n_sites: int, variables, pending=()) -> None:
+    """Record the committed sites and variables; ``pending`` names the arrays a write is about
+    to add (the only arrays a rollback may delete)."""
     g = zarr.open_group(str(path), mode="r+", zarr_format=3)
-    g.attrs[COMMIT] = {"n_sites": int(n_sites), "variables": sorted(variables)}
+    g.attrs[COMMIT] = {"n_sites": int(n_sites), "variables": sorted(variables), "pending": sorted(pending)}
 
 
 def _read_commit(path: Path) -> dict:
@@ -81,9 +85,14 @@ def open_store(path, *, validate: bool = True, chunks="auto") -> xr.Dataset:
     ``chunks='auto'`` keeps the on-disk chunks; pass a dict to read with other chunks.
     """
     path = Path(path)
+    recover_if_missing(path)
     if not path.exists():
         raise FileNotFoundError(f"no store at {path}")
     commit = _read_commit(path)
+    version = zarr.open_group(str(path), mode="r", zarr_format=3).attrs.get("cbgrid_schema")
+    if version is not None and str(version) not in SCHEMA_VERSIONS:
+        raise SchemaError(f"{path} has store schema version {version!r}; this cbgrid reads version(s) "
+                          f"{', '.join(SCHEMA_VERSIONS)}: upgrade cbgrid, or rebuild the store with this one")
     ds = xr.open_zarr(str(path), consolidated=False, chunks={} if chunks == "auto" else chunks)
     # xarray finds non-index coordinates through the data variables' `coordinates` attribute,
     # which variables added later may lack: the schema, not that attribute, says what they are.
@@ -106,15 +115,21 @@ def schema_order() -> list[str]:
 
 
 def _rollback(path: Path) -> dict:
-    """Undo whatever an interrupted write left beyond the commit record."""
+    """Undo what an interrupted cbgrid write left beyond the commit record: the arrays it had
+    announced as pending, and sites beyond the committed count. Arrays cbgrid did not write are
+    left alone (and stay invisible to ``open_store``)."""
     commit = _read_commit(path)
     g = zarr.open_group(str(path), mode="r+", zarr_format=3)
     n = commit["n_sites"]
     keep = set(commit["variables"]) | {SITE, TIME, *schema.SITE_COORDS}
+    pending = set(commit.get("pending", ()))
     for name, arr in list(g.arrays()):
-        if name not in keep:
-            log.warning("%s: removing uncommitted variable %r left by an interrupted write", path, name)
+        if name in pending and name not in keep:
+            log.warning("%s: removing variable %r left half-written by an interrupted write", path, name)
             del g[name]
+            continue
+        if name not in keep:
+            log.info("%s: array %r is not part of the cbgrid store; left as it is", path, name)
             continue
         dims = arr.metadata.dimension_names or ()
         if SITE in dims and arr.shape[dims.index(SITE)] != n:
@@ -135,6 +150,11 @@ def append_sites(new: xr.Dataset, path) -> list[str]:
     """
     path = Path(path)
     schema.validate(new)
+    with writer_lock(path):
+        return _append_sites(new, path)
+
+
+def _append_sites(new: xr.Dataset, path: Path) -> list[str]:
     commit = _rollback(path)
     cur = open_store(path)
     extra = sorted(set(new.data_vars) - set(cur.data_vars))
@@ -191,22 +211,33 @@ def add_variables(new: xr.Dataset, path, *, overwrite: bool = False) -> list[str
     all are written.
     """
     path = Path(path)
+    with writer_lock(path):
+        return _add_variables(new, path, overwrite)
+
+
+def _add_variables(new: xr.Dataset, path: Path, overwrite: bool) -> list[str]:
     commit = _rollback(path)
     cur = open_store(path)
     names = list(new.data_vars)
     clash = [v for v in names if v in cur.data_vars]
     if clash and not overwrite:
         raise SchemaError(f"{path} already has variable(s) {clash}; pass overwrite=True to replace them")
+    if clash:
+        # replacing data in place could lose it half-way: rewrite the store beside, then swap
+        merged = cur.drop_vars(clash).merge(new.reindex({SITE: cur[SITE].values, TIME: cur.indexes[TIME]})[clash])
+        rest = [v for v in names if v not in clash]
+        merged = merged.assign({v: new[v].reindex({SITE: cur[SITE].values, TIME: cur.indexes[TIME]}) for v in rest})
+        merged = merged.assign({v: merged[v].astype(np.float32).assign_attrs(schema.variable_attrs(v)) for v in names})
+        write_store(merged.assign_attrs(cur.attrs), path, overwrite=True, progress=False)
+        log.info("replaced %d and added %d variable(s) in %s", len(clash), len(rest), path)
+        return names
     new = new.reindex({SITE: cur[SITE].values, TIME: cur.indexes[TIME]})
     data = {v: new[v].transpose(*schema.DIMS).data for v in names}
     sites = pd.DataFrame({c: schema.decode(c, cur[c].values) if c in schema.CATEGORICALS else cur[c].values for c in schema.SITE_COORDS})
     sites.insert(0, "site", cur[SITE].values)
     staged = schema.site_dataset(data, sites, cur.indexes[TIME])
     staged = staged.chunk({SITE: schema.STORE_CHUNKS[SITE], TIME: schema.STORE_CHUNKS[TIME]})
-    g = zarr.open_group(str(path), mode="r+", zarr_format=3)
-    for v in clash:
-        del g[v]
-    _commit(path, commit["n_sites"], [v for v in commit["variables"] if v not in clash])
+    _commit(path, commit["n_sites"], commit["variables"], pending=names)
     enc = {k: v for k, v in _encoding(staged).items() if k in names}
     staged[names].drop_vars(list(schema.SITE_COORDS) + [TIME, SITE]).to_zarr(
         str(path), mode="a", consolidated=False, zarr_format=3, encoding=enc
@@ -228,6 +259,11 @@ def merge(ds: xr.Dataset, path, *, overwrite: bool = False, period=None, progres
     {'created': True, 'sites_added': 3, 'variables_added': [...]}
     """
     path = Path(path)
+    with writer_lock(path):
+        return _merge(ds, path, overwrite, period, progress)
+
+
+def _merge(ds: xr.Dataset, path: Path, overwrite: bool, period, progress: bool) -> dict:
     if not path.exists():
         if period is not None:
             days = pd.date_range(period[0], period[1], freq="D")
