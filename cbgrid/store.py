@@ -224,10 +224,11 @@ def _add_variables(new: xr.Dataset, path: Path, overwrite: bool) -> list[str]:
         raise SchemaError(f"{path} already has variable(s) {clash}; pass overwrite=True to replace them")
     if clash:
         # replacing data in place could lose it half-way: rewrite the store beside, then swap
-        merged = cur.drop_vars(clash).merge(new.reindex({SITE: cur[SITE].values, TIME: cur.indexes[TIME]})[clash])
+        aligned = new.reindex({SITE: cur[SITE].values, TIME: cur.indexes[TIME]})
         rest = [v for v in names if v not in clash]
-        merged = merged.assign({v: new[v].reindex({SITE: cur[SITE].values, TIME: cur.indexes[TIME]}) for v in rest})
-        merged = merged.assign({v: merged[v].astype(np.float32).assign_attrs(schema.variable_attrs(v)) for v in names})
+        merged = cur.drop_vars(clash).assign({
+            v: aligned[v].reset_coords(drop=True).transpose(*schema.DIMS).astype(np.float32)
+            .assign_attrs(schema.variable_attrs(v)) for v in names})
         write_store(merged.assign_attrs(cur.attrs), path, overwrite=True, progress=False)
         log.info("replaced %d and added %d variable(s) in %s", len(clash), len(rest), path)
         return names
