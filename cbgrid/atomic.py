@@ -73,6 +73,13 @@ def recover(path) -> list[str]:
     """Repair what an interrupted write of ``path`` left; returns what was done (also logged).
 
     Call it only while holding ``writer_lock(path)`` (every cbgrid writer does).
+
+    >>> import tempfile
+    >>> d = Path(tempfile.mkdtemp()); (d / ".s.zarr.old-1").mkdir()
+    >>> recover(d / "s.zarr")        # a swap killed between its two renames
+    ['restored ... from .s.zarr.old-1, left by a write interrupted between its two renames']
+    >>> (d / "s.zarr").exists()
+    True
     """
     path = Path(path)
     done = []
@@ -95,7 +102,11 @@ def recover(path) -> list[str]:
 
 def recover_if_missing(path) -> None:
     """For readers: when ``path`` is absent but an interrupted swap left its previous version,
-    restore it (under the writer lock) instead of reporting that nothing is there."""
+    restore it (under the writer lock) instead of reporting that nothing is there.
+
+    >>> import tempfile
+    >>> recover_if_missing(Path(tempfile.mkdtemp()) / "nothing.zarr")   # nothing to restore
+    """
     path = Path(path)
     if not path.exists() and _siblings(path, "old"):
         with writer_lock(path):
@@ -104,7 +115,15 @@ def recover_if_missing(path) -> None:
 
 @contextmanager
 def replace_dir(path, *, overwrite: bool, hint: str = "pass overwrite=True") -> Iterator[Path]:
-    """Yield a temporary sibling of ``path`` to fill; on success it becomes ``path``."""
+    """Yield a temporary sibling of ``path`` to fill; on success it becomes ``path``.
+
+    >>> import tempfile
+    >>> target = Path(tempfile.mkdtemp()) / "report"
+    >>> with replace_dir(target, overwrite=True) as tmp:
+    ...     tmp.mkdir(); _ = (tmp / "a.txt").write_text("done")
+    >>> (target / "a.txt").read_text()
+    'done'
+    """
     path = Path(path)
     with writer_lock(path):
         recover(path)
@@ -131,6 +150,13 @@ def replace_file(path) -> Iterator[Path]:
 
     One rename publishes the file, so readers see the old or the new file, never a part; two
     writers of one file leave the last one's (no lock: a single file is never merged).
+
+    >>> import tempfile
+    >>> target = Path(tempfile.mkdtemp()) / "scores.csv"
+    >>> with replace_file(target) as tmp:
+    ...     _ = tmp.write_text("site,R2")
+    >>> target.read_text()
+    'site,R2'
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -40,7 +40,11 @@ class DemoResult:
 
 
 def recipe_for(variant: str, out: Path, runs: list[Path]) -> Recipe:
-    """The variant's shipped recipe, pointed at the demo's runs and output folder."""
+    """The variant's shipped recipe, pointed at the demo's runs and output folder.
+
+    >>> recipe_for("quick", Path("demo"), [Path("demo/runs/demo-xgboost")]).grid.resolution
+    5.0
+    """
     cfg = catalog.demo_config()[variant]
     recipe = load_recipe(catalog.recipe_path(cfg["recipe"]))
     return recipe.replace(runs=tuple(runs), output=out / "products")

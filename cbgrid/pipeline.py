@@ -64,7 +64,12 @@ _FILL_BLOCK = 64
 # Store -> contiguous arrays
 # --------------------------------------------------------------------------------------------
 def feature_variables(ds: xr.Dataset, feature_set: str = "minimal") -> list[str]:
-    """The dynamic input variables of ``feature_set``; raises naming any the store lacks."""
+    """The dynamic input variables of ``feature_set``; raises naming any the store lacks.
+
+    >>> from cbgrid import testing
+    >>> feature_variables(testing.site_store(extra=catalog.features("minimal")))[:2]
+    ['temperature_2m', 'total_precipitation_sum']
+    """
     names = catalog.features(feature_set)
     missing = [n for n in names if n not in ds.data_vars]
     if missing:
@@ -119,7 +124,12 @@ class SiteArrays:
 
 
 def site_info(ds: xr.Dataset) -> dict[str, np.ndarray]:
-    """lat, lon, igbp, koppen of every site, checked (they are model inputs)."""
+    """lat, lon, igbp, koppen of every site, checked (they are model inputs).
+
+    >>> from cbgrid import testing
+    >>> sorted(site_info(testing.site_store(n_sites=2)))
+    ['igbp', 'koppen', 'koppen_detailed', 'lat', 'lon']
+    """
     missing = [c for c in ("lat", "lon", "igbp", "koppen") if c not in ds.coords and c not in ds]
     if missing:
         raise ValueError(f"the dataset lacks site coordinate(s) {missing}; predictions need lat, lon, igbp, koppen")
@@ -139,6 +149,10 @@ def read_arrays(ds: xr.Dataset, features: list[str], *, targets: bool = True, pr
 
     Works on lazy (dask) and in-memory Datasets alike; with dask, all chunks are read in one
     parallel ``compute`` and stacked straight into ``(site, time, feature)`` order.
+
+    >>> from cbgrid import testing
+    >>> read_arrays(testing.site_store(n_sites=2, days=5), ["temperature_2m"]).x.shape
+    (2, 5, 1)
     """
     missing = [f for f in features if f not in ds.data_vars]
     if missing:
@@ -243,7 +257,11 @@ def _safe(std: np.ndarray) -> np.ndarray:
 
 
 def forward_fill(x: np.ndarray) -> np.ndarray:
-    """Carry the last finite value forward along axis 1 of (S, T, F), in place; leading NaNs stay."""
+    """Carry the last finite value forward along axis 1 of (S, T, F), in place; leading NaNs stay.
+
+    >>> forward_fill(np.array([[[np.nan], [1.0], [np.nan]]]))[0, :, 0].tolist()
+    [nan, 1.0, 1.0]
+    """
     t = np.arange(x.shape[1], dtype=np.int32)[None, :, None]
     for i0 in range(0, x.shape[0], _FILL_BLOCK):
         blk = x[i0:i0 + _FILL_BLOCK]
@@ -300,6 +318,12 @@ def model_features(x: np.ndarray, scaler: Scaler, protocol: Protocol | None = No
     complete. The reference's (``interpolate_modis``): only ``available`` days have features;
     MODIS is interpolated linearly between them, ERA-Land gaps stay gaps; a day is complete when
     it is available and every feature is finite. Incomplete days hold 0 (never used as inputs).
+
+    >>> from cbgrid import testing
+    >>> a = read_arrays(testing.site_store(n_sites=2, days=5), ["temperature_2m"])
+    >>> x, complete = model_features(a.x, Scaler.fit(a))
+    >>> x.shape, bool(complete.all())
+    ((2, 5, 1), True)
     """
     out = ((x - scaler.x_mean.astype(np.float32)) / scaler.x_std.astype(np.float32)).astype(np.float32)
     if protocol is None or protocol.feature_fill == "forward_fill":
@@ -364,6 +388,9 @@ def class_weights(codes: np.ndarray, counts: np.ndarray, n_classes: int, first: 
     ``codes`` are the sites' class codes, ``counts`` their observed days; K is the number of
     classes present. Returns an array indexed by code (classes absent from training get 0), so
     a weighted mean over the training days is 1.
+
+    >>> class_weights(np.array([0, 0, 1]), np.array([10, 10, 20]), n_classes=2).tolist()
+    [1.0, 1.0]
     """
     n = np.bincount(np.asarray(codes, int) - first, weights=np.asarray(counts, float), minlength=n_classes)
     present = n > 0

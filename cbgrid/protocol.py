@@ -139,7 +139,11 @@ def names() -> list[str]:
 
 
 def get(name: str) -> Protocol:
-    """The protocol ``name``, every rule checked; ValueError naming the bad rule or the known names."""
+    """The protocol ``name``, every rule checked; ValueError naming the bad rule or the known names.
+
+    >>> get("cbgrid").patience
+    20
+    """
     doc = _doc()
     if name not in doc:
         raise ValueError(f"unknown protocol {name!r}; choose one of {', '.join(doc)}")

@@ -105,7 +105,17 @@ def _need(d: dict, key: str, where: str):
 
 
 def parse_recipe(doc: dict, source_file: Path | None = None) -> Recipe:
-    """Validate a recipe mapping and build a Recipe; errors name the offending key."""
+    """Validate a recipe mapping and build a Recipe; errors name the offending key.
+
+    >>> r = parse_recipe({"name": "x", "drivers": {"source": "twin"}, "grid": {"resolution": 10},
+    ...                   "period": {"start": "2020-07-01", "end": "2020-07-31"}, "runs": ["runs/a"], "output": "out"})
+    >>> r.grid.shape, r.drivers.name
+    ((18, 36), 'twin')
+    >>> parse_recipe({"name": "x", "drivers": {"source": "twin", "sed": 3}, "grid": {"resolution": 10},
+    ...               "period": {"start": "2020-07-01", "end": "2020-07-31"}, "runs": ["a"], "output": "o"})
+    Traceback (most recent call last):
+    cbgrid.recipe.RecipeError: recipe: drivers (source twin): unknown key(s) ['sed']; allowed: seed
+    """
     where = str(source_file or "recipe")
     if not isinstance(doc, dict):
         raise RecipeError(f"{where}: expected a mapping at the top level, got {type(doc).__name__}")
@@ -161,7 +171,12 @@ def parse_recipe(doc: dict, source_file: Path | None = None) -> Recipe:
 
 
 def load_recipe(path) -> Recipe:
-    """Read and validate a recipe YAML file."""
+    """Read and validate a recipe YAML file.
+
+    >>> from cbgrid import catalog
+    >>> load_recipe(catalog.recipe_path("twin-1deg-month.yaml")).name
+    'twin-1deg-2020-07'
+    """
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"no recipe at {path}")

@@ -53,7 +53,11 @@ SPLIT = "split.csv"
 
 
 def window_spec(config: dict) -> WindowSpec:
-    """The window rules of a run's config (its ``windows`` entry, or its train settings)."""
+    """The window rules of a run's config (its ``windows`` entry, or its train settings).
+
+    >>> window_spec({"windows": {"window": 20, "horizon": 10, "stride": 10}}).window
+    20
+    """
     if config.get("windows"):
         return WindowSpec.from_dict(config["windows"])
     return WindowSpec.from_dict(config.get("train") or {})
@@ -61,7 +65,11 @@ def window_spec(config: dict) -> WindowSpec:
 
 def resolve_path(value, base: Path | None) -> Path | None:
     """A path recorded in a run: relative to the run folder first, then to the working directory;
-    None when it is not recorded or does not exist."""
+    None when it is not recorded or does not exist.
+
+    >>> resolve_path(None, None) is None
+    True
+    """
     if not value:
         return None
     p = Path(value).expanduser()
@@ -137,6 +145,8 @@ class Run:
         >>> run = load_run("runs/ctlstm")                      # doctest: +SKIP
         >>> run.predict(cbgrid.open_store("twin.zarr").isel(site=[0]))["prediction"].dims  # doctest: +SKIP
         ('site', 'time', 'target')
+
+        >>> predict("runs/xgboost", cbgrid.open_store("twin.zarr"))  # doctest: +SKIP
         """
         missing = [f for f in self.features if f not in ds.data_vars]
         if missing:
@@ -212,7 +222,15 @@ def nc_encoding(pred: xr.Dataset) -> dict:
 
 
 def predictions_dataset(ds: xr.Dataset, mean: np.ndarray, std: np.ndarray, config: dict, path=None) -> xr.Dataset:
-    """The predictions contract (docs/architecture.md): (site, time, target), physical units."""
+    """The predictions contract (docs/architecture.md): (site, time, target), physical units.
+
+    >>> from cbgrid import testing
+    >>> ds = testing.site_store(n_sites=1, days=3)
+    >>> p = predictions_dataset(ds, np.zeros((1, 3, 3)), np.zeros((1, 3, 3)),
+    ...                         {"model": "m", "split": "koppen", "feature_set": "minimal", "seeds": [0], "fitted_seeds": [0]})
+    >>> p["prediction"].dims, p.attrs["protocol"]
+    (('site', 'time', 'target'), 'cbgrid')
+    """
     coords = {SITE: np.asarray([str(s) for s in ds[SITE].values], dtype=object), TIME: ds[TIME].values,
               "target": np.asarray(TARGETS, dtype=object)}
     for c in ("lat", "lon", "igbp", "koppen"):
@@ -241,7 +259,12 @@ def predictions_dataset(ds: xr.Dataset, mean: np.ndarray, std: np.ndarray, confi
 
 def load_run(path, device: str = "auto") -> Run:
     """Load a run directory written by ``fit`` / ``cbgrid train`` onto ``device`` (default:
-    CUDA when available, else the CPU, whatever device the run was trained on)."""
+    CUDA when available, else the CPU, whatever device the run was trained on).
+
+    >>> run = load_run("runs/ctlstm", device="cpu")   # doctest: +SKIP
+    >>> run.features, run.history_days                    # doctest: +SKIP
+    (['temperature_2m', ...], 30)
+    """
     path = Path(path)
     cfg_path = path / "config.json"
     if not cfg_path.exists():
@@ -263,7 +286,10 @@ def load_run(path, device: str = "auto") -> Run:
 
 
 def predict(run, ds: xr.Dataset, **kw) -> xr.Dataset:
-    """Predictions of a run (a ``Run`` or a run directory) for every site and day of ``ds``."""
+    """Predictions of a run (a ``Run`` or a run directory) for every site and day of ``ds``.
+
+    >>> predict("runs/xgboost", cbgrid.open_store("twin.zarr"))  # doctest: +SKIP
+    """
     if not isinstance(run, Run):
         run = load_run(run)
     return run.predict(ds, **kw)
@@ -306,7 +332,11 @@ class RunPredictions:
 
 
 def read_membership(path: Path) -> pd.DataFrame:
-    """A split CSV: the full ``cbgrid.splits`` layout, or at least site and set columns."""
+    """A split CSV: the full ``cbgrid.splits`` layout, or at least site and set columns.
+
+    >>> read_membership("runs/xgboost/split.csv")["set"].unique()  # doctest: +SKIP
+    array(['train', 'test'], dtype=object)
+    """
     try:
         return splits.read_split(path)
     except schema.SchemaError:

@@ -31,7 +31,11 @@ def require(module: str, what: str = ""):
 
 
 def resolve_device(device: str = "auto") -> str:
-    """'auto' -> 'cuda' when torch sees a GPU, else 'cpu'; explicit names are checked."""
+    """'auto' -> 'cuda' when torch sees a GPU, else 'cpu'; explicit names are checked.
+
+    >>> resolve_device("cpu")
+    'cpu'
+    """
     torch = require("torch", "training and predicting with networks")
 
     if device in (None, "", "auto"):
@@ -44,7 +48,11 @@ def resolve_device(device: str = "auto") -> str:
 @contextlib.contextmanager
 def torch_threads(n: int | None):
     """Run with ``n`` torch CPU threads (on a busy machine one thread per process beats two
-    oversubscribed ones by a wide margin), then restore the previous setting."""
+    oversubscribed ones by a wide margin), then restore the previous setting.
+
+    >>> with torch_threads(1):
+    ...     pass
+    """
     import torch
 
     if not n:
@@ -73,6 +81,8 @@ def release_memory() -> None:
     Each block allocates and frees a few hundred MB (model inputs, trees' matrices); glibc keeps
     such freed pages, so without this the resident size creeps up with the number of blocks
     even though live memory is one batch. (dask.distributed workers trim on their own.)
+
+    >>> release_memory()
     """
     trim = _malloc_trim()
     if trim is not None:

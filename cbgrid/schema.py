@@ -78,6 +78,9 @@ def encode(name: str, values) -> np.ndarray:
     """Class names (or codes) -> int8 codes for categorical coordinate ``name``.
 
     Raises SchemaError naming the first unknown value.
+
+    >>> encode("igbp", ["ENF", "gra"]).tolist()
+    [1, 10]
     """
     classes, first = CATEGORICALS[name]
     lookup = {c: i + first for i, c in enumerate(classes)}
@@ -98,7 +101,11 @@ def encode(name: str, values) -> np.ndarray:
 
 
 def decode(name: str, codes) -> np.ndarray:
-    """int codes -> class names for categorical coordinate ``name``."""
+    """int codes -> class names for categorical coordinate ``name``.
+
+    >>> decode("koppen", [1, 5]).tolist()
+    ['A', 'E']
+    """
     classes, first = CATEGORICALS[name]
     arr = np.asarray(codes).astype(int) - first
     if arr.size and (arr.min() < 0 or arr.max() >= len(classes)):
@@ -107,7 +114,12 @@ def decode(name: str, codes) -> np.ndarray:
 
 
 def class_names(ds: xr.Dataset, name: str) -> np.ndarray:
-    """The per-site class names of categorical coordinate ``name`` ('igbp', 'koppen', ...)."""
+    """The per-site class names of categorical coordinate ``name`` ('igbp', 'koppen', ...).
+
+    >>> from cbgrid import testing
+    >>> class_names(testing.site_store(n_sites=2), "igbp").tolist()
+    ['MF', 'ENF']
+    """
     return decode(name, ds[name].values)
 
 
@@ -120,12 +132,20 @@ def categorical_attrs(name: str) -> dict:
 
 
 def lat_attrs(long_name: str = "latitude", axis: bool = False) -> dict:
-    """CF attributes of a latitude coordinate (``axis='Y'`` on a grid axis)."""
+    """CF attributes of a latitude coordinate (``axis='Y'`` on a grid axis).
+
+    >>> lat_attrs(axis=True)["axis"]
+    'Y'
+    """
     return {"standard_name": "latitude", "units": "degrees_north", "long_name": long_name, **({"axis": "Y"} if axis else {})}
 
 
 def lon_attrs(long_name: str = "longitude", axis: bool = False) -> dict:
-    """CF attributes of a longitude coordinate (``axis='X'`` on a grid axis)."""
+    """CF attributes of a longitude coordinate (``axis='X'`` on a grid axis).
+
+    >>> lon_attrs()["units"]
+    'degrees_east'
+    """
     return {"standard_name": "longitude", "units": "degrees_east", "long_name": long_name, **({"axis": "X"} if axis else {})}
 
 
@@ -140,7 +160,11 @@ _COORD_ATTRS = {
 
 
 def variable_attrs(name: str) -> dict:
-    """CF-style attributes for a store variable from the variable catalog."""
+    """CF-style attributes for a store variable from the variable catalog.
+
+    >>> variable_attrs("temperature_2m")["units"]
+    'K'
+    """
     meta = catalog.variable(name)
     attrs = {"units": meta["units"], "long_name": meta["long_name"], "source": meta["collection"]}
     if meta.get("standard_name"):
@@ -153,6 +177,10 @@ def site_coords(sites: pd.DataFrame) -> dict:
 
     ``sites`` needs columns site, lat, lon, igbp, koppen; koppen_detailed and network are
     optional (unknown / 'other').
+
+    >>> sites = pd.DataFrame({"site": ["X-1"], "lat": [45.0], "lon": [7.0], "igbp": ["ENF"], "koppen": ["D"]})
+    >>> site_coords(sites)["koppen"][1].tolist()
+    [4]
     """
     missing = [c for c in ("site", "lat", "lon", "igbp", "koppen") if c not in sites]
     if missing:
@@ -192,6 +220,11 @@ def site_dataset(data: Mapping, sites: pd.DataFrame, time) -> xr.Dataset:
 
     Arrays may be numpy or dask; they are cast to float32. Attributes come from the variable
     catalog, so every producer (twin, FLUXNET reader, Earth Engine) writes the same metadata.
+
+    >>> sites = pd.DataFrame({"site": ["X-1"], "lat": [45.0], "lon": [7.0], "igbp": ["ENF"], "koppen": ["D"]})
+    >>> ds = site_dataset({GPP: np.ones((1, 3))}, sites, pd.date_range("2020-01-01", periods=3))
+    >>> ds[GPP].dtype, ds[GPP].attrs["units"]
+    (dtype('float32'), 'gC m-2 d-1')
     """
     time = pd.DatetimeIndex(time)
     coords = site_coords(sites)
@@ -214,6 +247,10 @@ def validate(ds: xr.Dataset) -> xr.Dataset:
     """Check ``ds`` against the store schema; return it unchanged or raise SchemaError.
 
     Checks only metadata and coordinates, so a lazy store stays lazy.
+
+    >>> from cbgrid import testing
+    >>> validate(testing.site_store()).sizes["site"]
+    6
     """
     for dim in DIMS:
         if dim not in ds.dims:

@@ -42,6 +42,8 @@ def fit_members(data: TrainingData, cfg: TrainConfig, hp: dict, *, device: str =
     """Fit one member per seed; returns (members, seeds fitted, curves).
 
     Trees without row/column subsampling are deterministic: one fit stands for every seed.
+
+    >>> members, seeds, curves = fit_members(data, TrainConfig(model="xgboost"), {})  # doctest: +SKIP
     """
     cfg = check_config(cfg.resolved())
     spec = models.spec(cfg.model)
@@ -85,6 +87,8 @@ def cv_search(arrays: SiteArrays, split: pd.DataFrame, cfg: TrainConfig, grid: d
     Each combination is fit on four folds (one seed, scaling from those sites) and scored on the
     fifth: the median across validation sites of the per-site R² (observed days), averaged over
     GPP, RECO and NEE, then over folds. Returns the best combination and the full table.
+
+    >>> best, table = cv_search(arrays, split, TrainConfig(model="ctlstm"), {"hidden": [64, 128]})  # doctest: +SKIP
     """
     if not grid:
         raise ValueError("the hyperparameter grid is empty")
@@ -127,7 +131,14 @@ def cv_search(arrays: SiteArrays, split: pd.DataFrame, cfg: TrainConfig, grid: d
 
 
 def check_config(cfg: TrainConfig) -> TrainConfig:
-    """A resolved TrainConfig, or ValueError naming the first value that cannot train a model."""
+    """A resolved TrainConfig, or ValueError naming the first value that cannot train a model.
+
+    >>> check_config(TrainConfig(model="mlp").resolved()).batch_size
+    256
+    >>> check_config(TrainConfig(model="mlp", max_epochs=0).resolved())
+    Traceback (most recent call last):
+    ValueError: max_epochs is 0; it must be a whole number >= 1 (--max-epochs)
+    """
     positive = {"seeds": cfg.seeds, "max_epochs": cfg.max_epochs, "batch_size": cfg.batch_size,
                 "window": cfg.window, "horizon": cfg.horizon, "stride": cfg.stride}
     for name, value in positive.items():
@@ -152,6 +163,10 @@ def fit(ds: xr.Dataset, split, cfg: TrainConfig, *, grid: dict | None = None, ou
     ``grid``, hyperparameters are picked by ``cv_search`` first (needs a split table with
     folds); without one the published hyperparameters for ``cfg.split`` are used. With ``out``
     the run directory is written there (atomically).
+
+    >>> ds = cbgrid.open_store("twin.zarr")                                   # doctest: +SKIP
+    >>> split = splits.make_split(ds, by="koppen")                           # doctest: +SKIP
+    >>> run = fit(ds, split, TrainConfig(model="xgboost"), out="runs/xgb")   # doctest: +SKIP
     """
     t_start = time.perf_counter()
     cfg = check_config(cfg.resolved())

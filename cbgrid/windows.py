@@ -54,6 +54,10 @@ def window_index(observed: np.ndarray, window: int = WINDOW, horizon: int = HORI
     Windows start at 0, stride, 2·stride, ... and span ``window`` days; the targets are the last
     ``horizon`` days. A window is kept when at least ``min_target_days`` of its target days are
     observed and its target days lie in [lo, hi) (per-site day indices; default the whole axis).
+
+    >>> obs = np.zeros((1, 60), bool); obs[0, 40] = True
+    >>> window_index(obs).tolist()   # only the window whose last 15 days hold day 40
+    [[0, 15]]
     """
     if not 0 < horizon <= window:
         raise ValueError(f"horizon must be in 1..window ({window}), got {horizon}")
@@ -76,7 +80,11 @@ def window_index(observed: np.ndarray, window: int = WINDOW, horizon: int = HORI
 
 
 def day_index(observed: np.ndarray, *, lo=None, hi=None) -> np.ndarray:
-    """(N, 2) int64 (site, day) of every observed day in [lo, hi) per site (static models)."""
+    """(N, 2) int64 (site, day) of every observed day in [lo, hi) per site (static models).
+
+    >>> day_index(np.array([[True, False, True]])).tolist()
+    [[0, 0], [0, 2]]
+    """
     keep = observed.copy()
     t = np.arange(observed.shape[1])[None, :]
     if lo is not None:
@@ -95,7 +103,11 @@ def _cumsum(mask: np.ndarray) -> np.ndarray:
 
 
 def first_last(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(S,) index of each site's first and last True day; (T, -1) where it has none."""
+    """(S,) index of each site's first and last True day; (T, -1) where it has none.
+
+    >>> first_last(np.array([[0, 1, 1, 0], [0, 0, 0, 0]], bool))
+    (array([1, 4]), array([ 2, -1]))
+    """
     n_days = mask.shape[1]
     has = mask.any(axis=1)
     first = np.where(has, mask.argmax(axis=1), n_days)
@@ -172,6 +184,9 @@ def prediction_windows(n_days: int, window: int = WINDOW, horizon: int = HORIZON
     Returns (left, right, n_windows): pad ``left = window - horizon`` days before the first day
     (repeating it) and ``right`` days after the last; window j then starts at j·horizon on the
     padded axis and its targets are days [j·horizon, (j+1)·horizon) of the original axis.
+
+    >>> prediction_windows(40)   # 15 copies of day 0 before, 5 days after, 3 windows
+    (15, 5, 3)
     """
     n_windows = -(-n_days // horizon)
     left = window - horizon

@@ -98,7 +98,13 @@ def available() -> list[str]:
 
 
 def register_network(name: str, cls: type) -> None:
-    """Make network class ``cls`` trainable as model ``name`` (see the module doc for the contract)."""
+    """Make network class ``cls`` trainable as model ``name`` (see the module doc for the contract).
+
+    >>> from cbgrid.models.mlp import MLP
+    >>> register_network("my_mlp", MLP); spec("my_mlp").kind
+    'static'
+    >>> unregister("my_mlp")
+    """
     if name in _trees():
         raise ValueError(f"{name!r} is a tree model name")
     if getattr(cls, "kind", None) not in ("static", "temporal"):
@@ -107,21 +113,38 @@ def register_network(name: str, cls: type) -> None:
 
 
 def register_tree(name: str, cls: type) -> None:
-    """Make tree class ``cls`` (a ``TreeModel`` subclass) trainable as model ``name``."""
+    """Make tree class ``cls`` (a ``TreeModel`` subclass) trainable as model ``name``.
+
+    >>> from cbgrid.models.lgbm import LightGBMTrees
+    >>> register_tree("my_trees", LightGBMTrees); is_tree("my_trees")
+    True
+    >>> unregister("my_trees")
+    """
     if name in _networks():
         raise ValueError(f"{name!r} is a network name")
     _EXTRA_TREES[name] = cls
 
 
 def unregister(name: str) -> None:
-    """Remove a model added with ``register_network`` / ``register_tree``."""
+    """Remove a model added with ``register_network`` / ``register_tree``.
+
+    >>> unregister("never_registered")   # a no-op
+    """
     _EXTRA_NETWORKS.pop(name, None)
     _EXTRA_TREES.pop(name, None)
 
 
 @contextlib.contextmanager
 def registered(name: str, cls: type) -> Iterator[None]:
-    """Register ``cls`` as model ``name`` inside a ``with`` block only (tests, experiments)."""
+    """Register ``cls`` as model ``name`` inside a ``with`` block only (tests, experiments).
+
+    >>> from cbgrid.models.mlp import MLP
+    >>> with registered("tiny", MLP):
+    ...     "tiny" in available()
+    True
+    >>> "tiny" in available()
+    False
+    """
     family = "tree" if hasattr(cls, "fit_one") else "network"
     (register_tree if family == "tree" else register_network)(name, cls)
     try:
@@ -135,13 +158,21 @@ def _unknown(name: str) -> ValueError:
 
 
 def is_tree(name: str) -> bool:
-    """Whether ``name`` is a registered tree library (without importing any model code)."""
+    """Whether ``name`` is a registered tree library (without importing any model code).
+
+    >>> is_tree("lightgbm"), is_tree("ctlstm")
+    (True, False)
+    """
     return name in _trees()
 
 
 def network_class(name: str, architectures: str = "cbgrid") -> type:
     """The class of network ``name``: cbgrid's, or with ``architectures="reference"`` the
-    reference implementation's where it has one."""
+    reference implementation's where it has one.
+
+    >>> network_class("ctlstm").__module__, network_class("ctlstm", "reference").__module__
+    ('cbgrid.models.recurrent', 'cbgrid.models.reference')
+    """
     nets = _networks()
     if name not in nets:
         raise _unknown(name)
@@ -181,10 +212,20 @@ def hyperparameters(name: str, split: str = "koppen") -> dict:
 
 
 def build_network(name: str, n_features: int, n_static: int, n_onehot: int, architectures: str = "cbgrid", **hp):
-    """Construct network ``name``; ``hp`` are constructor arguments (hidden, layers, dropout, ...)."""
+    """Construct network ``name``; ``hp`` are constructor arguments (hidden, layers, dropout, ...).
+
+    >>> net = build_network("mlp", 18, 2, 22, hidden=16)
+    >>> n_parameters(net) > 0
+    True
+    """
     return network_class(name, architectures)(n_features, n_static, n_onehot, **hp)
 
 
 def n_parameters(model) -> int:
-    """Number of trainable parameters of a torch module."""
+    """Number of trainable parameters of a torch module.
+
+    >>> import torch
+    >>> n_parameters(torch.nn.Linear(3, 2))
+    8
+    """
     return sum(p.numel() for p in model.parameters() if p.requires_grad)

@@ -16,7 +16,12 @@ from cbgrid.models.mlp import _expect
 
 
 def check_horizon(window: int, horizon: int) -> None:
-    """Refuse a horizon the window cannot hold (targets are the window's last days)."""
+    """Refuse a horizon the window cannot hold (targets are the window's last days).
+
+    >>> check_horizon(30, 40)
+    Traceback (most recent call last):
+    ValueError: horizon must be between 1 and window=30 days, got horizon=40
+    """
     if not 1 <= horizon <= window:
         raise ValueError(
             f"horizon must be between 1 and window={window} days, got horizon={horizon}"
@@ -24,7 +29,12 @@ def check_horizon(window: int, horizon: int) -> None:
 
 
 def per_step_inputs(batch: dict[str, torch.Tensor], with_onehot: bool, model: str) -> torch.Tensor:
-    """x ⊕ s (⊕ onehot) at every step: (B, T, n_features + n_static [+ n_onehot])."""
+    """x ⊕ s (⊕ onehot) at every step: (B, T, n_features + n_static [+ n_onehot]).
+
+    >>> b = {"x": torch.zeros(2, 30, 4), "s": torch.zeros(2, 2), "onehot": torch.zeros(2, 22)}
+    >>> per_step_inputs(b, True, "CTLSTM").shape
+    torch.Size([2, 30, 28])
+    """
     x = _expect(batch, "x", 3, model, "(B, window, n_features)")
     parts = [x, _expect(batch, "s", 2, model, "(B, n_static)")]
     if with_onehot:

@@ -51,14 +51,22 @@ def _xavier(module: nn.Module) -> None:
 
 
 def dynamic_inputs(batch: dict[str, torch.Tensor], model: str) -> torch.Tensor:
-    """lat/lon ⊕ features at every step: (B, T, n_static + n_features), the reference's x_dynamic."""
+    """lat/lon ⊕ features at every step: (B, T, n_static + n_features), the reference's x_dynamic.
+
+    >>> dynamic_inputs({"x": torch.zeros(2, 30, 18), "s": torch.zeros(2, 2)}, "LSTM").shape
+    torch.Size([2, 30, 20])
+    """
     x = _expect(batch, "x", 3, model, "(B, window, n_features)")
     s = _expect(batch, "s", 2, model, "(B, n_static)")
     return torch.cat([s.unsqueeze(1).expand(-1, x.shape[1], -1), x], dim=-1)
 
 
 def static_inputs(batch: dict[str, torch.Tensor], steps: int, model: str) -> torch.Tensor:
-    """The one-hot classes at every step: (B, T, n_onehot), the reference's x_static."""
+    """The one-hot classes at every step: (B, T, n_onehot), the reference's x_static.
+
+    >>> static_inputs({"onehot": torch.zeros(2, 51)}, 30, "CTLSTM").shape
+    torch.Size([2, 30, 51])
+    """
     onehot = _expect(batch, "onehot", 2, model, "(B, n_onehot)")
     return onehot.unsqueeze(1).expand(-1, steps, -1)
 

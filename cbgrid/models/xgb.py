@@ -15,7 +15,11 @@ log = logging.getLogger(__name__)
 
 
 def xgboost_device(requested: str) -> str:
-    """'cuda' only when asked for and this xgboost build has CUDA; else 'cpu'."""
+    """'cuda' only when asked for and this xgboost build has CUDA; else 'cpu'.
+
+    >>> xgboost_device("cpu")
+    'cpu'
+    """
     xgboost = require("xgboost", "XGBoost trees")
 
     if str(requested).startswith("cuda") and xgboost.build_info().get("USE_CUDA"):
