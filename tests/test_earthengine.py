@@ -261,7 +261,7 @@ def test_coastal_site_falls_back_to_the_nearest_land_pixels_and_remembers(world,
         ds = acquire(site, tmp_path, workers=1)
     assert "no ERA5-Land value at the tower" in caplog.text and site.site[0] in caplog.text
     sampling = json.loads((tmp_path / "era5_land" / site.site[0] / "sampling.json").read_text())
-    assert sampling["half_side_m"] == 10000.0  # the 10 km box: the 5 km one holds no land pixel centre
+    assert sampling["half_side_m"] == 10000.0  # the 20 km box: the 10 km one holds no ERA5-Land pixel centre
     west, south, east, north = E.window_bounds(lat, lon, 10000.0)
     box = fake_ee.box_ctx(west, south, east, north)
     land = ~world.ocean(box.lat, box.lon)

@@ -643,20 +643,25 @@ def _run(todo: list[Task], feature_set: str, cache_dir: Path, *, workers: int, p
     provisional = 0
     with bar, concurrent.futures.ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         futures = {pool.submit(_fetch, t, feature_set, cache_dir, policy, today): t for t in todo}
-        for fut in concurrent.futures.as_completed(futures):
-            if fut.cancelled():
-                continue
-            task = futures[fut]
-            err = fut.exception()
-            if err is None:
-                provisional += bool(fut.result())
-                bar.set_postfix_str(task.site, refresh=False)
-                bar.update(1)
-                continue
-            failed.append((task, err))
-            # Stop scheduling: the same cause (quota, permissions) would fail the rest too.
+        try:
+            for fut in concurrent.futures.as_completed(futures):
+                if fut.cancelled():
+                    continue
+                task = futures[fut]
+                err = fut.exception()
+                if err is None:
+                    provisional += bool(fut.result())
+                    bar.set_postfix_str(task.site, refresh=False)
+                    bar.update(1)
+                    continue
+                failed.append((task, err))
+                # Stop scheduling: the same cause (quota, permissions) would fail the rest too.
+                for f in futures:
+                    f.cancel()
+        except BaseException:  # Ctrl-C: cancel what has not started; what is cached stays cached
             for f in futures:
                 f.cancel()
+            raise
     if provisional:
         log.info("%d chunk(s) end within the sources' latency and are cached as provisional; the next run "
                  "fetches them again", provisional)
@@ -1117,6 +1122,8 @@ class EarthEngineDrivers:
             init_workers(client, conn)
         g = EarthEngineGrid(grid.lat, grid.lon, days[0], days[-1], feature_set=self.feature_set, connection=conn,
                             workers=self.workers)
+        if g.plan.requests >= LARGE_RUN:
+            log.info("%s", g.plan.describe())
         if self.cache is None:
             return g.open().dataset()
         folder = Path(_relative(base, self.cache)) / g.key()

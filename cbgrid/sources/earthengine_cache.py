@@ -97,12 +97,18 @@ def _create(source: BlockSource, folder: Path) -> None:
             raise ValueError(f"{folder} holds the download of a different request (grid, period, features or "
                              f"request sizes differ); delete it, or write to another path")
         return
+    import zarr
+
     ds = source.template()
-    ds.attrs["cbgrid_request"] = sig
+    coords = xr.Dataset(coords=ds.coords, attrs={**ds.attrs, "cbgrid_request": sig})
     enc = {"time": {"units": schema.TIME_UNITS, "calendar": "proleptic_gregorian", "dtype": "int32"}}
-    enc.update({v: {"fill_value": np.float32("nan")} for v in ds.data_vars})
     with replace_dir(store, overwrite=False) as tmp:
-        ds.to_zarr(tmp, mode="w-", zarr_format=3, consolidated=False, compute=False, encoding=enc)
+        # coordinates through xarray, empty arrays straight through zarr: no dask graph to build
+        coords.to_zarr(tmp, mode="w-", zarr_format=3, consolidated=False, encoding=enc)
+        group = zarr.open_group(tmp, mode="r+", zarr_format=3)
+        for name, var in ds.data_vars.items():
+            group.create_array(name, shape=var.shape, chunks=tuple(c[0] for c in var.chunks), dtype="float32",
+                               fill_value=np.float32("nan"), dimension_names=var.dims, attributes=dict(var.attrs))
     (folder / DONE).mkdir(exist_ok=True)
 
 
@@ -157,22 +163,27 @@ def download(source: BlockSource, folder, *, workers: int = 8, progress: bool = 
                 return True
             return False
 
-        for _ in range(max(1, int(workers)) * 2):
-            if not submit():
-                break
-        while running:
-            finished, _ = concurrent.futures.wait(running, return_when=concurrent.futures.FIRST_COMPLETED)
-            for fut in finished:
-                running.pop(fut)
-                err = fut.exception()
-                if err is not None:
-                    failed = failed or err
-                    continue
-                counts["fetched"] += 1
-                counts["provisional"] += fut.result() == PROVISIONAL
-                bar.update(1)
-                if failed is None:
-                    submit()
+        try:
+            for _ in range(max(1, int(workers)) * 2):
+                if not submit():
+                    break
+            while running:
+                finished, _ = concurrent.futures.wait(running, return_when=concurrent.futures.FIRST_COMPLETED)
+                for fut in finished:
+                    running.pop(fut)
+                    err = fut.exception()
+                    if err is not None:
+                        failed = failed or err
+                        continue
+                    counts["fetched"] += 1
+                    counts["provisional"] += fut.result() == PROVISIONAL
+                    bar.update(1)
+                    if failed is None:
+                        submit()
+        except BaseException:  # Ctrl-C: start nothing new; blocks in flight finish (bounded by the deadline)
+            for fut in running:
+                fut.cancel()
+            raise
     if failed is not None:
         left = len(todo) - counts["fetched"]
         kind = type(failed) if isinstance(failed, EarthEngineError) else EarthEngineError
