@@ -795,7 +795,15 @@ class OfflineHTTP:
             s.bind(("127.0.0.1", 0))
             s.listen(8)
             held = []
-            threading.Thread(target=lambda: [held.append(s.accept()) for _ in iter(int, 1)], daemon=True).start()
+
+            def hold():
+                while True:
+                    try:
+                        held.append(s.accept())  # accept, never answer
+                    except OSError:  # closed by uninstall()
+                        return
+
+            threading.Thread(target=hold, daemon=True).start()
             self._stall = s
         return self._stall.getsockname()[1]
 

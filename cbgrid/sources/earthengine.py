@@ -40,9 +40,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import dask.array as da
 import numpy as np
 import pandas as pd
 import xarray as xr
+from dask.base import tokenize
+from dask.highlevelgraph import HighLevelGraph
 
 from cbgrid import catalog, schema
 from cbgrid.atomic import replace_file
@@ -962,10 +965,6 @@ class EarthEngineGrid:
     def dataset(self) -> xr.Dataset:
         """The grid as a lazy Dataset: dims (time, lat, lon), lat ascending, store names, units and
         attributes, float32 dask arrays whose every chunk is one :meth:`fetch`."""
-        import dask.array as da
-        from dask.base import tokenize
-        from dask.highlevelgraph import HighLevelGraph
-
         token = tokenize(json.dumps(self.signature(), sort_keys=True), self.connection)
         ref = f"earthengine-grid-{token}"
         out = {}

@@ -25,6 +25,7 @@ from typing import Protocol
 
 import numpy as np
 import xarray as xr
+import zarr
 
 from cbgrid import schema
 from cbgrid.atomic import replace_dir, replace_file
@@ -97,8 +98,6 @@ def _create(source: BlockSource, folder: Path) -> None:
             raise ValueError(f"{folder} holds the download of a different request (grid, period, features or "
                              f"request sizes differ); delete it, or write to another path")
         return
-    import zarr
-
     ds = source.template()
     coords = xr.Dataset(coords=ds.coords, attrs={**ds.attrs, "cbgrid_request": sig})
     enc = {"time": {"units": schema.TIME_UNITS, "calendar": "proleptic_gregorian", "dtype": "int32"}}
@@ -138,8 +137,6 @@ def download(source: BlockSource, folder, *, workers: int = 8, progress: bool = 
     counts = {"blocks": total, "cached": total - len(todo), "fetched": 0, "provisional": 0}
     if not todo:
         return counts
-    import zarr
-
     group = zarr.open_group(folder / STORE, mode="r+", zarr_format=3)
     arrays = {v: group[v] for v in {v for v, _ in todo}}
 
