@@ -22,6 +22,7 @@ import numpy as np
 import xarray as xr
 
 from cbgrid import schema
+from cbgrid.errors import InputError, UnknownError
 from cbgrid.schema import SITE, TIME
 
 
@@ -48,7 +49,7 @@ class CbgridAccessor:
         """Class names of categorical coordinate ``name`` ('igbp', 'koppen', 'koppen_detailed',
         'network'), with the same dims as the codes."""
         if name not in self._ds.variables:
-            raise KeyError(f"the dataset has no {name!r} coordinate; it has {sorted(self._ds.coords)}")
+            raise UnknownError(f"the dataset has no {name!r} coordinate; it has {sorted(self._ds.coords)}")
         da = self._ds[name]
         return xr.DataArray(_names(da, name), dims=da.dims, coords={d: self._ds[d] for d in da.dims if d in self._ds.coords},
                             name=f"{name}_name")
@@ -61,7 +62,7 @@ class CbgridAccessor:
     def sites(self, **classes: str | Sequence[str]) -> xr.Dataset:
         """The sites whose classes match, e.g. ``sites(igbp="ENF", koppen=["C", "D"])``."""
         if SITE not in self._ds.dims:
-            raise ValueError("sites() selects along the 'site' dimension, which this dataset lacks")
+            raise InputError("sites() selects along the 'site' dimension, which this dataset lacks")
         keep = np.ones(self._ds.sizes[SITE], dtype=bool)
         for name, wanted in classes.items():
             wanted = [wanted] if isinstance(wanted, str) else list(wanted)
@@ -69,7 +70,7 @@ class CbgridAccessor:
             known = set(names.tolist())
             unknown = [w for w in wanted if w not in known and w not in schema.CATEGORICALS.get(name, ((), 0))[0]]
             if unknown:
-                raise ValueError(f"{name} class(es) {unknown} are not known; the data hold {sorted(known)}")
+                raise InputError(f"{name} class(es) {unknown} are not known; the data hold {sorted(known)}")
             keep &= np.isin(names, wanted)
         return self._ds.isel({SITE: np.flatnonzero(keep)})
 
@@ -78,7 +79,7 @@ class CbgridAccessor:
         names = list(variables) if variables is not None else list(self._ds.data_vars)
         missing = [v for v in names if v not in self._ds.data_vars]
         if missing:
-            raise KeyError(f"variables {missing} are not in the dataset")
+            raise UnknownError(f"variables {missing} are not in the dataset")
         return self._ds[names].to_dataarray("variable").transpose(SITE, TIME, "variable")
 
     def validate(self) -> xr.Dataset:

@@ -25,6 +25,8 @@ from pathlib import Path
 
 import filelock
 
+from cbgrid.errors import ExistsError, LockedError
+
 log = logging.getLogger(__name__)
 
 DEFAULT_LOCK_TIMEOUT = 3600.0
@@ -54,7 +56,7 @@ def writer_lock(path, timeout: float | None = None) -> Iterator[None]:
         try:
             lock.acquire(timeout=timeout)
         except filelock.Timeout:
-            raise TimeoutError(f"{path} is still being written by another cbgrid process after {timeout:.0f} s "
+            raise LockedError(f"{path} is still being written by another cbgrid process after {timeout:.0f} s "
                                f"(lock {_lock_path(path)}); wait for it to finish, or remove the lock file if no "
                                "cbgrid process is running") from None
     try:
@@ -128,7 +130,7 @@ def replace_dir(path, *, overwrite: bool, hint: str = "pass overwrite=True") -> 
     with writer_lock(path):
         recover(path)
         if path.exists() and not overwrite:
-            raise FileExistsError(f"{path} exists; {hint}")
+            raise ExistsError(f"{path} exists; {hint}")
         tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
         try:
             yield tmp

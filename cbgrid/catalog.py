@@ -11,6 +11,8 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
+from cbgrid.errors import InputError, MissingError, UnknownError
+
 log = logging.getLogger(__name__)
 
 FEATURE_SETS = ("minimal", "standard", "full")
@@ -24,7 +26,7 @@ def path(name: str) -> Path:
     """Filesystem path of a catalog file (e.g. 'sites.csv', 'carbonbench/all_sites.csv')."""
     p = Path(str(_root().joinpath(name)))
     if not p.exists():
-        raise FileNotFoundError(f"catalog file {name!r} is missing from the installed cbgrid ({p})")
+        raise MissingError(f"catalog file {name!r} is missing from the installed cbgrid ({p})")
     return p
 
 
@@ -33,7 +35,7 @@ def recipe_path(name: str) -> Path:
     p = Path(str(resources.files("cbgrid.products").joinpath(name)))
     if not p.exists():
         shipped = sorted(q.name for q in p.parent.glob("*.yaml"))
-        raise FileNotFoundError(f"no shipped recipe {name!r}; cbgrid ships {', '.join(shipped)}")
+        raise MissingError(f"no shipped recipe {name!r}; cbgrid ships {', '.join(shipped)}")
     return p
 
 
@@ -67,7 +69,7 @@ def era5_bands(feature_set: str = "minimal") -> list[str]:
     """The ERA5-Land DAILY_AGGR bands of a feature set ('minimal' 6, 'standard' 36, 'full' 150)."""
     sets = _feature_doc()["era5_land"]
     if feature_set not in sets:
-        raise ValueError(f"unknown feature set {feature_set!r}; choose one of {', '.join(sets)}")
+        raise InputError(f"unknown feature set {feature_set!r}; choose one of {', '.join(sets)}")
     return list(sets[feature_set])
 
 
@@ -95,7 +97,7 @@ def variables() -> pd.DataFrame:
 def variable(name: str) -> dict:
     v = variables()
     if name not in v.index:
-        raise KeyError(f"variable {name!r} is not in catalogs/variables.csv")
+        raise UnknownError(f"variable {name!r} is not in catalogs/variables.csv")
     return v.loc[name].to_dict()
 
 
@@ -113,7 +115,7 @@ def official_test_sites(split: str) -> pd.DataFrame:
     """The published CarbonBench test sites of the 'igbp' or 'koppen' split (site, IGBP, Koppen)."""
     key = {"igbp": "IGBP", "koppen": "Koppen"}.get(split.lower().removeprefix("official-"))
     if key is None:
-        raise ValueError(f"official splits are 'igbp' and 'koppen', not {split!r}")
+        raise InputError(f"official splits are 'igbp' and 'koppen', not {split!r}")
     return pd.read_csv(path(f"carbonbench/official_{key}_test_sites.csv"), keep_default_na=False)
 
 

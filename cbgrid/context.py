@@ -24,6 +24,7 @@ from scipy import ndimage
 
 from cbgrid import catalog, schema
 from cbgrid.atomic import replace_file
+from cbgrid.errors import InputError
 from cbgrid.grid import cell_area
 from cbgrid.runtime import require
 
@@ -61,7 +62,7 @@ def _rowcol(lat, lon, x0, dx, y0, dy, shape):
     lat = np.asarray(lat, dtype=float)
     lon = np.asarray(lon, dtype=float)
     if np.any(~np.isfinite(lat) | (np.abs(lat) > 90)) or np.any(~np.isfinite(lon) | (np.abs(lon) > 180)):
-        raise ValueError("lat must be within [-90, 90] and lon within [-180, 180]")
+        raise InputError("lat must be within [-90, 90] and lon within [-180, 180]")
     col = np.clip(np.floor((lon - x0) / dx).astype(np.int64), 0, shape[1] - 1)
     row = np.clip(np.floor((lat - y0) / dy).astype(np.int64), 0, shape[0] - 1)
     return row, col
@@ -133,7 +134,7 @@ def _on_grid(name: str, lat: np.ndarray, lon: np.ndarray, classes, nodata: int, 
     t = da.rio.transform()
     factor = int(round(res / t.a))
     if factor < 1 or abs(factor * t.a - res) > 1e-6:
-        raise ValueError(f"grid resolution {res}° is not a multiple of the {name} pixel size {t.a}°")
+        raise InputError(f"grid resolution {res}° is not a multiple of the {name} pixel size {t.a}°")
     # Coarsen the whole raster to the grid resolution block by block (lazy, row-chunked).
     chunk_rows = max(factor, (1800 // factor) * factor)
     da = da.chunk({"y": chunk_rows, "x": -1})
@@ -275,7 +276,7 @@ def build_site_catalog(fluxnet_sites_csv: str | Path) -> pd.DataFrame:
     schema.encode("igbp", list(df["igbp"]))  # fail early on an unknown class
     codes = koppen_at(df["lat"].to_numpy(), df["lon"].to_numpy())
     if (codes == 0).any():
-        raise ValueError(f"no Köppen class near sites {df.loc[codes == 0, 'site'].tolist()}")
+        raise InputError(f"no Köppen class near sites {df.loc[codes == 0, 'site'].tolist()}")
     df["koppen"] = np.asarray(schema.KOPPEN_CLASSES, dtype=object)[codes.astype(int) - 1]
     df["koppen_detailed"] = koppen_detailed_at(df["lat"].to_numpy(), df["lon"].to_numpy())
     df["network"] = "FLUXNET2015"

@@ -21,6 +21,7 @@ import pandas as pd
 import xarray as xr
 
 from cbgrid import catalog, product, schema, splits
+from cbgrid.errors import InputError, UnknownError
 from cbgrid.schema import QC, SITE, TARGETS, TIME
 
 log = logging.getLogger(__name__)
@@ -172,7 +173,7 @@ def metric(name: str) -> Metric:
     for m in METRICS:
         if m.name.lower() == name.lower():
             return m
-    raise KeyError(f"unknown metric {name!r}; choose one of {', '.join(m.name for m in METRICS)}")
+    raise UnknownError(f"unknown metric {name!r}; choose one of {', '.join(m.name for m in METRICS)}")
 
 # --------------------------------------------------------------------------------------------
 # evaluate
@@ -186,7 +187,7 @@ def _test_sites(split) -> tuple[list[str], str | None]:
     if isinstance(split, pd.DataFrame):
         missing = {"site", "set"} - set(split.columns)
         if missing:
-            raise ValueError(f"split table lacks column(s) {sorted(missing)}; it has {list(split.columns)}")
+            raise InputError(f"split table lacks column(s) {sorted(missing)}; it has {list(split.columns)}")
         name = None
         if "split" in split and split["split"].nunique() == 1:
             name = str(split["split"].iloc[0])
@@ -199,10 +200,10 @@ def _test_sites(split) -> tuple[list[str], str | None]:
 def _prediction_array(predictions: xr.Dataset | xr.DataArray) -> xr.DataArray:
     pred = predictions["prediction"] if isinstance(predictions, xr.Dataset) else predictions
     if "target" not in pred.dims or SITE not in pred.dims or TIME not in pred.dims:
-        raise ValueError(f"predictions must have dims (site, time, target); got {pred.dims}")
+        raise InputError(f"predictions must have dims (site, time, target); got {pred.dims}")
     units = pred.attrs.get("units")
     if units not in (None, schema.TARGET_UNITS, "g m-2 d-1"):
-        raise ValueError(f"predictions are in {units!r}; evaluation needs physical units {schema.TARGET_UNITS!r}")
+        raise InputError(f"predictions are in {units!r}; evaluation needs physical units {schema.TARGET_UNITS!r}")
     return pred.assign_coords({SITE: _ids(pred[SITE].values), "target": _ids(pred["target"].values)})
 
 
@@ -240,24 +241,24 @@ def evaluate(
     ``lat``, ``lon``, ``igbp``, ``koppen`` (class names) and the run's attributes.
     """
     if int(min_days) < 1:
-        raise ValueError(f"min_days must be at least 1, got {min_days}")
+        raise InputError(f"min_days must be at least 1, got {min_days}")
     pred = _prediction_array(predictions)
     test, split_name = _test_sites(split)
     if not test:
-        raise ValueError("the split has no test sites")
+        raise InputError("the split has no test sites")
     if QC not in store:
-        raise ValueError(f"the store has no {QC!r}; scores are computed on QC = 1 days only")
+        raise InputError(f"the store has no {QC!r}; scores are computed on QC = 1 days only")
     targets = [t for t in pred["target"].values.tolist() if t in store]
     lacking = [t for t in pred["target"].values.tolist() if t not in store]
     if lacking:
         log.warning("the store has no observations of %s; those targets are not scored", lacking)
     if not targets:
-        raise ValueError(f"none of the predicted targets {pred['target'].values.tolist()} is in the store")
+        raise InputError(f"none of the predicted targets {pred['target'].values.tolist()} is in the store")
 
     store_sites = pd.Index(_ids(store[SITE].values))
     not_in_store = [s for s in test if s not in store_sites]
     if not_in_store:
-        raise ValueError(
+        raise InputError(
             f"{len(not_in_store)} test site(s) are not in the store, e.g. {not_in_store[:5]}; "
             "use the split made from this store"
         )
@@ -268,7 +269,7 @@ def evaluate(
 
     times = store.indexes[TIME].intersection(pred.indexes[TIME])
     if len(times) == 0:
-        raise ValueError(
+        raise InputError(
             f"predictions ({pred.indexes[TIME][0].date()}..{pred.indexes[TIME][-1].date()}) and store "
             f"({store.indexes[TIME][0].date()}..{store.indexes[TIME][-1].date()}) share no day"
         )
@@ -377,12 +378,12 @@ def ensemble(predictions: Sequence[xr.Dataset]) -> xr.Dataset:
     sites and days all runs share; attrs are those of the first run with the seeds and runs of all.
     """
     if not predictions:
-        raise ValueError("no predictions to average")
+        raise InputError("no predictions to average")
     if len(predictions) == 1:
         return predictions[0]
     arrays = xr.align(*[_prediction_array(p) for p in predictions], join="inner")
     if arrays[0].sizes[SITE] == 0 or arrays[0].sizes[TIME] == 0:
-        raise ValueError("the runs share no site-day; they cannot be averaged")
+        raise InputError("the runs share no site-day; they cannot be averaged")
     stacked = xr.concat(arrays, dim="member", coords="minimal", compat="override").astype(np.float64)
     out = xr.Dataset(
         {
@@ -422,7 +423,7 @@ def compare_with_truth(prod, truth: xr.Dataset) -> pd.DataFrame:
         p, t = np.asarray(p.values), np.asarray(t.values)
         ok = np.isfinite(p) & np.isfinite(t)
         if not ok.any():
-            raise ValueError(f"the product and the truth share no valid {name} cell-day")
+            raise InputError(f"the product and the truth share no valid {name} cell-day")
         n = ok.sum(axis=0)
         okm = n > 0
         pm = np.where(ok, p, 0.0).sum(axis=0)[okm] / n[okm]
@@ -535,7 +536,7 @@ def published_comparison(frame: pd.DataFrame, feature_set: str | None = None) ->
 
     split = str(frame["split"].iloc[0])
     if split not in OFFICIAL_SPLITS:
-        raise ValueError(f"published scores exist for the official splits {list(OFFICIAL_SPLITS)}, not {split!r}")
+        raise InputError(f"published scores exist for the official splits {list(OFFICIAL_SPLITS)}, not {split!r}")
     feature_set = feature_set or str(frame["feature_set"].iloc[0])
     pub = catalog.published_scores()
     pub = pub[pub["split_type"] == OFFICIAL_SPLITS[split]]

@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from cbgrid.errors import InputError
+
 EARTH_RADIUS = 6371007.181  # m, authalic sphere (as MODIS grids use)
 
 
@@ -50,10 +52,10 @@ def bounds(centres: np.ndarray, lo: float | None = None, hi: float | None = None
     """
     c = np.asarray(centres, dtype=np.float64)
     if c.size == 1:
-        raise ValueError("a grid axis needs at least 2 cells to define its spacing")
+        raise InputError("a grid axis needs at least 2 cells to define its spacing")
     step = np.diff(c)
     if not np.allclose(step, step[0], rtol=1e-6, atol=1e-9):
-        raise ValueError(f"grid axis is not regular: spacings range {step.min()}..{step.max()}")
+        raise InputError(f"grid axis is not regular: spacings range {step.min()}..{step.max()}")
     half = abs(step[0]) / 2
     b = np.stack([c - half, c + half], axis=1)
     if lo is not None or hi is not None:

@@ -14,6 +14,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from cbgrid.errors import InputError
+
 ALPHA = 0.1
 
 
@@ -29,7 +31,7 @@ class CarbonLoss(nn.Module):
     def __init__(self, y_mean, y_std, alpha: float = ALPHA, balance: str = "physical"):
         super().__init__()
         if balance not in ("physical", "scaled", "none"):
-            raise ValueError(f"balance must be 'physical', 'scaled' or 'none', not {balance!r}")
+            raise InputError(f"balance must be 'physical', 'scaled' or 'none', not {balance!r}")
         self.kind = balance
         self.register_buffer("y_mean", torch.as_tensor(y_mean, dtype=torch.float32).reshape(3))
         self.register_buffer("y_std", torch.as_tensor(y_std, dtype=torch.float32).reshape(3))

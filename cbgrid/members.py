@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 
 from cbgrid import catalog, models, pipeline, schema
+from cbgrid.errors import InputError, MissingError
 from cbgrid.models import ModelSpec
 from cbgrid.pipeline import Prepared, Scaler, TrainingData
 from cbgrid.progress import bar as progress_bar
@@ -118,7 +119,7 @@ class NetworkMember:
             what = (f"{cfg.window}-day windows with observed targets in their last {cfg.horizon} days"
                     if self.spec.kind == "temporal" else "days with GPP, RECO and NEE observed")
             rule = " and complete features (reference protocol)" if self.rules.reference else ""
-            raise ValueError(f"no training samples: the training sites have no {what}{rule}")
+            raise InputError(f"no training samples: the training sites have no {what}{rule}")
         if len(val_idx) == 0:
             log.warning("no validation samples; model selection watches the training loss")
         crit = CarbonLoss(data.scaler.y_mean, data.scaler.y_std, cfg.alpha, self.rules.balance).to(self.device)
@@ -283,7 +284,7 @@ class NetworkMember:
 
         p = Path(f"{stem}.pt")
         if not p.exists():
-            raise FileNotFoundError(f"the run lacks network weights {p}")
+            raise MissingError(f"the run lacks network weights {p}")
         self.net.load_state_dict(torch.load(p, map_location=self.device, weights_only=True))
         self.net.eval()
         return self
@@ -341,7 +342,7 @@ class TreeMember:
         """Fit on the training days; the validation part stops the boosting."""
         fit_idx, val_idx = data.index("static", self.cfg.windows)
         if len(fit_idx) == 0:
-            raise ValueError("no training days: the training sites have no day with GPP, RECO and NEE observed")
+            raise InputError("no training days: the training sites have no day with GPP, RECO and NEE observed")
         p, a = data.prepared, data.arrays
         scaled = self.trees.get("targets") == "scaled"
         qc_clip = self.trees.get("weights") == "qc_clip"

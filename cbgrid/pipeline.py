@@ -27,6 +27,7 @@ import pandas as pd
 import xarray as xr
 
 from cbgrid import catalog, schema
+from cbgrid.errors import InputError
 from cbgrid.progress import compute as progress_compute
 from cbgrid.protocol import HORIZON, STRIDE, WINDOW, Protocol, WindowSpec  # noqa: F401
 from cbgrid.schema import IGBP_CLASSES, KOPPEN_CLASSES, QC, SITE, TARGETS, TIME
@@ -73,7 +74,7 @@ def feature_variables(ds: xr.Dataset, feature_set: str = "minimal") -> list[str]
     names = catalog.features(feature_set)
     missing = [n for n in names if n not in ds.data_vars]
     if missing:
-        raise ValueError(
+        raise InputError(
             f"feature set {feature_set!r} needs {len(missing)} variable(s) the store lacks: "
             f"{', '.join(missing)}; choose another --feature-set or add them to the store"
         )
@@ -104,7 +105,7 @@ class SiteArrays:
     def observed(self) -> np.ndarray:
         """(S, T) bool: all three targets finite."""
         if self.y is None:
-            raise ValueError("these arrays were read without targets")
+            raise InputError("these arrays were read without targets")
         return np.isfinite(self.y).all(axis=-1)
 
     @property
@@ -132,7 +133,7 @@ def site_info(ds: xr.Dataset) -> dict[str, np.ndarray]:
     """
     missing = [c for c in ("lat", "lon", "igbp", "koppen") if c not in ds.coords and c not in ds]
     if missing:
-        raise ValueError(f"the dataset lacks site coordinate(s) {missing}; predictions need lat, lon, igbp, koppen")
+        raise InputError(f"the dataset lacks site coordinate(s) {missing}; predictions need lat, lon, igbp, koppen")
     info = {
         "lat": np.asarray(ds["lat"].values, np.float64),
         "lon": np.asarray(ds["lon"].values, np.float64),
@@ -156,7 +157,7 @@ def read_arrays(ds: xr.Dataset, features: list[str], *, targets: bool = True, pr
     """
     missing = [f for f in features if f not in ds.data_vars]
     if missing:
-        raise ValueError(f"the dataset lacks feature variable(s) {missing}")
+        raise InputError(f"the dataset lacks feature variable(s) {missing}")
 
     def arr(name):
         return da.asarray(ds[name].transpose(SITE, TIME).data)
@@ -165,7 +166,7 @@ def read_arrays(ds: xr.Dataset, features: list[str], *, targets: bool = True, pr
     if targets:
         lacking = [t for t in (*TARGETS, QC) if t not in ds.data_vars]
         if lacking:
-            raise ValueError(f"the store lacks target variable(s) {lacking}")
+            raise InputError(f"the store lacks target variable(s) {lacking}")
         parts["y"] = da.stack([arr(t) for t in TARGETS], axis=-1).astype(np.float32)
         parts["qc"] = arr(QC).astype(np.float32)
     out = progress_compute(parts, desc="reading store", progress=progress)[0]
@@ -205,12 +206,12 @@ class Scaler:
         fitted on the row table would (lat/lon weighted by each site's number of rows).
         """
         if a.y is None:
-            raise ValueError("fitting a scaler needs the targets")
+            raise InputError("fitting a scaler needs the targets")
         if a.x.shape[0] == 0:
-            raise ValueError("no training sites to fit the scaling statistics on")
+            raise InputError("no training sites to fit the scaling statistics on")
         obs = a.observed if rows is None else rows & a.observed
         if not obs.any():
-            raise ValueError(f"the {len(a.sites)} training site(s) have no day with GPP, RECO and NEE observed")
+            raise InputError(f"the {len(a.sites)} training site(s) have no day with GPP, RECO and NEE observed")
         x_mean, x_std = _nan_mean_std(a.x.reshape(-1, a.x.shape[-1]) if rows is None else a.x[rows])
         y_mean, y_std = _nan_mean_std(a.y[obs])
         s = np.stack([a.lat, a.lon], axis=-1)
@@ -220,7 +221,7 @@ class Scaler:
             s_mean, s_std = _nan_mean_std(np.repeat(s, rows.sum(axis=1), axis=0))
         nan_feat = [f for f, m in zip(a.features, x_mean) if not np.isfinite(m)]
         if nan_feat:
-            raise ValueError(f"feature(s) {nan_feat} have no finite value at any training site")
+            raise InputError(f"feature(s) {nan_feat} have no finite value at any training site")
         return cls(list(a.features), x_mean, _safe(x_std), s_mean, _safe(s_std), y_mean, _safe(y_std))
 
     def to_dict(self) -> dict:
@@ -355,7 +356,7 @@ def onehot(igbp: np.ndarray, koppen: np.ndarray, koppen_detailed: np.ndarray | N
     if scheme == "reference":
         return _onehot_reference(igbp, koppen, koppen_detailed)
     if scheme != "cbgrid":
-        raise ValueError(f"one-hot scheme must be 'cbgrid' or 'reference', not {scheme!r}")
+        raise InputError(f"one-hot scheme must be 'cbgrid' or 'reference', not {scheme!r}")
     igbp, koppen = np.asarray(igbp, int), np.asarray(koppen, int)
     out = np.zeros((igbp.size, N_ONEHOT), np.float32)
     r = np.arange(igbp.size)
@@ -468,7 +469,7 @@ class TrainingData:
         >>> TrainingData.build(read_arrays(testing.site_store(), ["temperature_2m"]))  # doctest: +SKIP
         """
         if len(arrays.sites) == 0:
-            raise ValueError("the training set is empty: no training site is in the store")
+            raise InputError("the training set is empty: no training site is in the store")
         if protocol is None or not protocol.reference:
             scaler = Scaler.fit(arrays)
             weights = Weights.fit(arrays)
@@ -615,12 +616,12 @@ class Batches:
         import torch
 
         if self.kind not in ("static", "temporal"):
-            raise ValueError(f"kind must be 'static' or 'temporal', not {self.kind!r}")
+            raise InputError(f"kind must be 'static' or 'temporal', not {self.kind!r}")
         if self.method not in ("auto", "view", "tensor"):
-            raise ValueError(f"method must be 'auto', 'view' or 'tensor', not {self.method!r}")
+            raise InputError(f"method must be 'auto', 'view' or 'tensor', not {self.method!r}")
         dev = self.data.device
         if self.method == "view" and dev.type != "cpu":
-            raise ValueError("the window-view gather needs CPU tensors")
+            raise InputError("the window-view gather needs CPU tensors")
         self._cpu = dev.type == "cpu" if self.method == "auto" else self.method == "view"
         self.index = np.asarray(self.index, np.int64).reshape(-1, 2)
         n_sites, n_days, n_feat = self.data.x.shape
@@ -740,7 +741,7 @@ class Batches:
 
         site = np.asarray(site.cpu() if hasattr(site, "cpu") else site, np.int64)
         if self._n_days < self.window:
-            raise ValueError(f"context windows need at least {self.window} days per site, got {self._n_days}")
+            raise InputError(f"context windows need at least {self.window} days per site, got {self._n_days}")
         flat = site[:, None] * self._n_days + self.context_starts(len(site))  # (B, K)
         if self._cpu:
             return torch.from_numpy(self._xw[flat])

@@ -18,6 +18,7 @@ import pandas as pd
 import xarray as xr
 
 from cbgrid import context, product, schema
+from cbgrid.errors import InputError
 from cbgrid.evaluation import TARGET_LABELS
 
 log = logging.getLogger(__name__)
@@ -241,7 +242,7 @@ def quicklook(da: xr.DataArray, path, *, title: str | None = None, cmap: str | N
     plt = _plt()
     da = da.squeeze()
     if set(da.dims) != {"lat", "lon"}:
-        raise ValueError(f"quicklook draws (lat, lon) maps; got dims {da.dims}")
+        raise InputError(f"quicklook draws (lat, lon) maps; got dims {da.dims}")
     da = da.transpose("lat", "lon").sortby("lat")
     vals = np.asarray(da.values, dtype=float)
     lat, lon = da["lat"].values, da["lon"].values

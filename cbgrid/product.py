@@ -35,6 +35,7 @@ import pandas as pd
 import xarray as xr
 
 from cbgrid import __version__, schema
+from cbgrid.errors import InputError, MissingError, ServiceError
 from cbgrid.grid import EARTH_RADIUS, bounds, cell_area
 
 log = logging.getLogger(__name__)
@@ -268,7 +269,7 @@ class ProductWriter:
         reco = np.asarray(reco, dtype=np.float32)
         nt, ny, nx = gpp.shape
         if nt != len(self.days):
-            raise ValueError(f"block has {nt} days; the product has {len(self.days)}")
+            raise InputError(f"block has {nt} days; the product has {len(self.days)}")
         # One mask for the three fluxes, so NEE is valid exactly where GPP and RECO are.
         bad = ~(np.isfinite(gpp) & np.isfinite(reco))
         gpp = np.where(bad, np.float32(np.nan), gpp)
@@ -291,7 +292,7 @@ def write_product(fluxes: xr.Dataset, path, *, context: xr.Dataset, attrs: Mappi
     """
     missing = [v for v in ("GPP", "RECO", "GPP_sd", "RECO_sd", "NEE_sd") if v not in fluxes]
     if missing:
-        raise ValueError(f"fluxes lack {missing}; they have {list(fluxes.data_vars)}")
+        raise InputError(f"fluxes lack {missing}; they have {list(fluxes.data_vars)}")
     f = fluxes.transpose("time", "lat", "lon")
     with ProductWriter(path, f["lat"].values, f["lon"].values, f.indexes["time"], context=context,
                        attrs=attrs, chunks=chunks) as w:
@@ -359,11 +360,11 @@ def compliance(path, standard: str = "cf:1.8") -> dict:
     try:
         res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     except FileNotFoundError as e:
-        raise RuntimeError("compliance-checker is not installed: pip install compliance-checker") from e
+        raise MissingError("compliance-checker is not installed: pip install compliance-checker") from e
     try:
         doc = json.loads(res.stdout)
     except json.JSONDecodeError as e:
-        raise RuntimeError(f"compliance-checker gave no JSON report: {res.stderr.strip()[-500:]}") from e
+        raise ServiceError(f"compliance-checker gave no JSON report: {res.stderr.strip()[-500:]}") from e
     rep = doc[standard] if standard in doc else next(iter(doc.values()))
     out = {"errors": [], "warnings": []}
     for prio, key in (("high_priorities", "errors"), ("medium_priorities", "warnings"), ("low_priorities", "warnings")):

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 import yaml
 
 from cbgrid import catalog, models
+from cbgrid.errors import InputError
 
 WINDOW, HORIZON, STRIDE = 30, 15, 15
 
@@ -146,7 +147,7 @@ def get(name: str) -> Protocol:
     """
     doc = _doc()
     if name not in doc:
-        raise ValueError(f"unknown protocol {name!r}; choose one of {', '.join(doc)}")
+        raise InputError(f"unknown protocol {name!r}; choose one of {', '.join(doc)}")
     rules = dict(doc[name])
     if "base" in rules:
         rules = {**doc[rules.pop("base")], **rules}
@@ -154,13 +155,13 @@ def get(name: str) -> Protocol:
     fields = {f.name for f in dataclasses.fields(Protocol)} - {"name"}
     missing, unknown = sorted(fields - set(rules)), sorted(set(rules) - fields)
     if missing or unknown:
-        raise ValueError(f"{where}: missing rule(s) {missing}, unknown rule(s) {unknown}")
+        raise InputError(f"{where}: missing rule(s) {missing}, unknown rule(s) {unknown}")
     for rule, allowed in CHOICES.items():
         if rules[rule] not in allowed:
-            raise ValueError(f"{where}: {rule} is {rules[rule]!r}; use one of {', '.join(allowed)}")
+            raise InputError(f"{where}: {rule} is {rules[rule]!r}; use one of {', '.join(allowed)}")
     for rule, allowed in TREE_CHOICES.items():
         if rules["trees"].get(rule) not in allowed:
-            raise ValueError(f"{where}: trees.{rule} is {rules['trees'].get(rule)!r}; use one of {', '.join(allowed)}")
+            raise InputError(f"{where}: trees.{rule} is {rules['trees'].get(rule)!r}; use one of {', '.join(allowed)}")
     return Protocol(name=name, **rules)
 
 

@@ -31,6 +31,7 @@ import pandas as pd
 import yaml
 
 from cbgrid import sources
+from cbgrid.errors import InputError, MissingError
 from cbgrid.grid import Grid
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -43,7 +44,7 @@ PERIOD_KEYS = ("start", "end", "per")
 CHUNK_KEYS = ("lat", "lon")
 
 
-class RecipeError(ValueError):
+class RecipeError(InputError):
     """A recipe file is malformed; the message names the key and what to write instead."""
 
 
@@ -179,7 +180,7 @@ def load_recipe(path) -> Recipe:
     """
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"no recipe at {path}")
+        raise MissingError(f"no recipe at {path}")
     try:
         doc = yaml.safe_load(path.read_text())
     except yaml.YAMLError as e:

@@ -22,6 +22,7 @@ import xarray as xr
 from cbgrid import catalog, plots
 from cbgrid import evaluation as ev
 from cbgrid.atomic import replace_dir
+from cbgrid.errors import InputError
 from cbgrid.progress import bar as progress_bar
 from cbgrid.runs import RunPredictions, load_predictions
 from cbgrid.schema import GPP, TARGETS
@@ -33,11 +34,11 @@ log = logging.getLogger(__name__)
 def _one(paths, what: str, key) -> Path:
     paths = set(paths)
     if None in paths or not paths:
-        raise ValueError(
+        raise InputError(
             f"{'/'.join(key)}: cannot tell which {what} the run used from its files; pass --{what}"
         )
     if len(paths) > 1:
-        raise ValueError(f"{'/'.join(key)}: its runs name different {what}s {sorted(map(str, paths))}; pass --{what}")
+        raise InputError(f"{'/'.join(key)}: its runs name different {what}s {sorted(map(str, paths))}; pass --{what}")
     return paths.pop()
 
 
@@ -50,7 +51,7 @@ def _one_split(members: list[RunPredictions], key) -> tuple[object, pd.DataFrame
             tables[ref] = m.split_table()
     tests = {p: frozenset(t.loc[t["set"] == "test", "site"].astype(str)) for p, t in tables.items()}
     if len(set(tests.values())) > 1:
-        raise ValueError(f"{'/'.join(key)}: its runs were tested on different sites "
+        raise InputError(f"{'/'.join(key)}: its runs were tested on different sites "
                          f"({', '.join(str(p) for p in tests)}); score them separately or pass --split")
     first = next(iter(tables))
     return first, tables[first]
@@ -145,7 +146,7 @@ def ensemble_scores(runs) -> tuple[pd.DataFrame | None, str | None]:
     try:
         e = score_ensemble(members, ("ensemble", "unknown", "unknown"))
     except ValueError as err:
-        raise ValueError(f"an ensemble's zero-shot score needs one store and one split: {err}") from None
+        raise InputError(f"an ensemble's zero-shot score needs one store and one split: {err}") from None
     split_df = e.split
     name = str(split_df["split"].iloc[0]) if "split" in split_df else str(e.scores.attrs.get("split"))
     if "seed" in split_df and pd.notna(split_df["seed"].iloc[0]):
@@ -222,7 +223,7 @@ def write_report(runs, out, *, store=None, split=None, min_days: int | None = No
     runs = [r if isinstance(r, RunPredictions) else load_predictions(r, store, split)
             for r in progress_bar(list(runs), desc="reading runs", unit="run", progress=progress)]
     if not runs:
-        raise ValueError("no runs to score")
+        raise InputError("no runs to score")
     experiments = score_runs(runs, min_days)
     with replace_dir(out, overwrite=overwrite, hint="choose another --out") as tmp:
         report = _write(tmp, experiments, sites=sites, plots=plots)

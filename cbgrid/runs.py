@@ -36,6 +36,7 @@ import xarray as xr
 
 from cbgrid import models, pipeline, schema, splits
 from cbgrid.atomic import replace_dir
+from cbgrid.errors import InputError, MissingError
 from cbgrid.members import MEMBERS
 from cbgrid.pipeline import Prepared, Scaler, Weights, WindowSpec
 from cbgrid.progress import bar as progress_bar
@@ -150,7 +151,7 @@ class Run:
         """
         missing = [f for f in self.features if f not in ds.data_vars]
         if missing:
-            raise ValueError(f"the dataset lacks the run's feature variable(s) {missing}")
+            raise InputError(f"the dataset lacks the run's feature variable(s) {missing}")
         pipeline.site_info(ds)
         rules = self.rules
         # the reference's test days depend on the sites' target rows, when the dataset has them
@@ -158,7 +159,7 @@ class Run:
         n_sites, n_days = ds.sizes[SITE], ds.sizes[TIME]
         block_sites = max(1, n_sites) if block_sites is None else int(block_sites)
         if block_sites < 1:
-            raise ValueError(f"block_sites must be at least 1, got {block_sites}")
+            raise InputError(f"block_sites must be at least 1, got {block_sites}")
         mean = np.empty((n_sites, n_days, len(TARGETS)), np.float32)
         std = np.empty_like(mean)
         for i0 in progress_bar(range(0, n_sites, block_sites), desc=f"predicting {self.model_name}", unit="block",
@@ -174,7 +175,7 @@ class Run:
     def as_predictions(self) -> RunPredictions:
         """The run's test-site predictions with its store and split, for scoring."""
         if self.predictions is None:
-            raise ValueError(f"run {self.path or self.model_name} carries no test-site predictions")
+            raise InputError(f"run {self.path or self.model_name} carries no test-site predictions")
         return RunPredictions(self.path, self.predictions, self.store_path, self.split)
 
     def save(self, out, *, overwrite: bool = False) -> Path:
@@ -268,7 +269,7 @@ def load_run(path, device: str = "auto") -> Run:
     path = Path(path)
     cfg_path = path / "config.json"
     if not cfg_path.exists():
-        raise FileNotFoundError(f"{path} is not a cbgrid run: it has no config.json")
+        raise MissingError(f"{path} is not a cbgrid run: it has no config.json")
     config = json.loads(cfg_path.read_text())
     scaling = json.loads((path / "scaling.json").read_text())
     scaler = Scaler.from_dict(scaling["scaler"])
@@ -327,7 +328,7 @@ class RunPredictions:
         if isinstance(self.split, pd.DataFrame):
             return self.split
         if self.split is None:
-            raise ValueError(f"{'/'.join(self.key)}: cannot tell which split the run used from its files; pass --split")
+            raise InputError(f"{'/'.join(self.key)}: cannot tell which split the run used from its files; pass --split")
         return read_membership(self.split)
 
 
@@ -356,11 +357,11 @@ def load_predictions(run_dir, store=None, split=None) -> RunPredictions:
     run_dir = Path(run_dir)
     pred_path = run_dir / PREDICTIONS if run_dir.is_dir() else run_dir
     if not pred_path.exists():
-        raise FileNotFoundError(f"{run_dir}: no {PREDICTIONS}; pass run directories written by `cbgrid train`")
+        raise MissingError(f"{run_dir}: no {PREDICTIONS}; pass run directories written by `cbgrid train`")
     with xr.open_dataset(pred_path) as ds:
         predictions = ds.load()
     if "prediction" not in predictions:
-        raise ValueError(f"{pred_path} has no 'prediction' variable (it has {list(predictions.data_vars)})")
+        raise InputError(f"{pred_path} has no 'prediction' variable (it has {list(predictions.data_vars)})")
     folder = pred_path.parent
     config = json.loads((folder / CONFIG).read_text()) if (folder / CONFIG).exists() else {}
     store = Path(store).resolve() if store else resolve_path(predictions.attrs.get("store") or config.get("store"), folder)

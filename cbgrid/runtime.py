@@ -8,6 +8,8 @@ import ctypes.util
 import functools
 import importlib
 
+from cbgrid.errors import InputError
+
 #: Which extra of the cbgrid install brings each optional library.
 EXTRAS = {
     "torch": "train", "xgboost": "train", "lightgbm": "train", "sklearn": "train",
@@ -41,7 +43,7 @@ def resolve_device(device: str = "auto") -> str:
     if device in (None, "", "auto"):
         return "cuda" if torch.cuda.is_available() else "cpu"
     if str(device).startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} requested but torch sees no CUDA GPU; use --device cpu or auto")
+        raise InputError(f"device {device!r} requested but torch sees no CUDA GPU; use --device cpu or auto")
     return str(device)
 
 

@@ -16,6 +16,7 @@ import pandas as pd
 import xarray as xr
 
 from cbgrid import catalog
+from cbgrid.errors import InputError
 
 SITE, TIME = "site", "time"
 DIMS = (SITE, TIME)
@@ -70,7 +71,7 @@ STORE_CHUNKS = {SITE: 32, TIME: 1461}
 TIME_UNITS = "days since 2000-01-01"
 
 
-class SchemaError(ValueError):
+class SchemaError(InputError):
     """A dataset, file or argument does not follow the cbgrid store schema."""
 
 

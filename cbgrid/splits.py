@@ -20,6 +20,7 @@ import xarray as xr
 
 from cbgrid import catalog, schema
 from cbgrid.atomic import replace_file
+from cbgrid.errors import InputError, MissingError
 from cbgrid.schema import SchemaError
 
 log = logging.getLogger(__name__)
@@ -65,17 +66,17 @@ def _folds(train: pd.DataFrame, rng: np.random.Generator, n_folds: int) -> pd.Se
 def make_split(store_or_sites, by: str = "koppen", seed: int = 0, n_folds: int = N_FOLDS) -> pd.DataFrame:
     """Assign every site to train or test (and train sites to CV folds) — see module doc."""
     if by not in KINDS:
-        raise ValueError(f"unknown split {by!r}; choose one of {', '.join(KINDS)}")
+        raise InputError(f"unknown split {by!r}; choose one of {', '.join(KINDS)}")
     sites = site_table(store_or_sites).sort_values("site").reset_index(drop=True)
     if sites.empty:
-        raise ValueError("no sites to split")
+        raise InputError("no sites to split")
     rng = np.random.default_rng(seed)
     test = pd.Series(False, index=sites.index)
     if by.startswith("official-"):
         official = set(catalog.official_test_sites(by)["site"])
         test = sites["site"].isin(official)
         if not test.any():
-            raise ValueError(f"none of the {len(sites)} sites is a published {by} test site")
+            raise InputError(f"none of the {len(sites)} sites is a published {by} test site")
         log.info("%s: %d of the %d published test sites are in this store", by, int(test.sum()), len(official))
     else:
         key = "igbp" if by == "igbp" else "koppen"
@@ -89,7 +90,7 @@ def make_split(store_or_sites, by: str = "koppen", seed: int = 0, n_folds: int =
     out = sites.assign(split=by, seed=seed, set=np.where(test, "test", "train"))
     train = out[out["set"] == "train"]
     if train.empty:
-        raise ValueError(f"the {by} split leaves no training sites")
+        raise InputError(f"the {by} split leaves no training sites")
     folds = _folds(train, rng, n_folds)
     out["fold"] = pd.array([pd.NA] * len(out), dtype="Int64")
     out.loc[folds.index, "fold"] = folds.to_numpy()
@@ -108,7 +109,7 @@ def write_split(df: pd.DataFrame, path) -> Path:
 def read_split(path) -> pd.DataFrame:
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"no split file at {path}")
+        raise MissingError(f"no split file at {path}")
     df = pd.read_csv(path, dtype={"site": str, "fold": "Int64"}, keep_default_na=False, na_values={"fold": [""]})
     return check(df, where=str(path))
 

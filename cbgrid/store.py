@@ -20,6 +20,7 @@ import zarr
 
 from cbgrid import catalog, schema
 from cbgrid.atomic import recover_if_missing, replace_dir, writer_lock
+from cbgrid.errors import MissingError
 from cbgrid.progress import compute as progress_compute
 from cbgrid.schema import GPP, QC, SITE, TIME, SchemaError
 
@@ -87,7 +88,7 @@ def open_store(path, *, validate: bool = True, chunks="auto") -> xr.Dataset:
     path = Path(path)
     recover_if_missing(path)
     if not path.exists():
-        raise FileNotFoundError(f"no store at {path}")
+        raise MissingError(f"no store at {path}")
     commit = _read_commit(path)
     version = zarr.open_group(str(path), mode="r", zarr_format=3).attrs.get("cbgrid_schema")
     if version is not None and str(version) not in SCHEMA_VERSIONS:

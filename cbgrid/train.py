@@ -19,6 +19,7 @@ import pandas as pd
 import xarray as xr
 
 from cbgrid import __version__, catalog, models, pipeline, splits
+from cbgrid.errors import ExistsError, InputError
 from cbgrid.evaluation import r2
 from cbgrid.members import MEMBERS
 from cbgrid.pipeline import Prepared, SiteArrays, TrainingData
@@ -75,7 +76,7 @@ def _select(ds: xr.Dataset, sites: list[str], what: str) -> xr.Dataset:
     ids = pd.Index([str(s) for s in ds[SITE].values])
     missing = [s for s in sites if s not in ids]
     if missing:
-        raise ValueError(f"{len(missing)} {what} site(s) are not in the store: {', '.join(missing[:10])}"
+        raise InputError(f"{len(missing)} {what} site(s) are not in the store: {', '.join(missing[:10])}"
                          f"{' ...' if len(missing) > 10 else ''}; use a split made from this store")
     return ds.isel({SITE: ids.get_indexer(sites)})
 
@@ -91,14 +92,14 @@ def cv_search(arrays: SiteArrays, split: pd.DataFrame, cfg: TrainConfig, grid: d
     >>> best, table = cv_search(arrays, split, TrainConfig(model="ctlstm"), {"hidden": [64, 128]})  # doctest: +SKIP
     """
     if not grid:
-        raise ValueError("the hyperparameter grid is empty")
+        raise InputError("the hyperparameter grid is empty")
     bad = [k for k, v in grid.items() if not isinstance(v, (list, tuple)) or not v]
     if bad:
-        raise ValueError(f"grid entries must be non-empty lists; not so for {bad}")
+        raise InputError(f"grid entries must be non-empty lists; not so for {bad}")
     train = split[split["set"] == "train"]
     folds = sorted(int(f) for f in train["fold"].dropna().unique())
     if len(folds) < 2:
-        raise ValueError("the split has fewer than 2 CV folds; make it with cbgrid.splits.make_split")
+        raise InputError("the split has fewer than 2 CV folds; make it with cbgrid.splits.make_split")
     pos = pd.Index(arrays.sites)
     keys = list(grid)
     combos = [dict(zip(keys, vals)) for vals in itertools.product(*(grid[k] for k in keys))]
@@ -137,21 +138,21 @@ def check_config(cfg: TrainConfig) -> TrainConfig:
     256
     >>> check_config(TrainConfig(model="mlp", max_epochs=0).resolved())
     Traceback (most recent call last):
-    ValueError: max_epochs is 0; it must be a whole number >= 1 (--max-epochs)
+    cbgrid.errors.InputError: max_epochs is 0; it must be a whole number >= 1 (--max-epochs)
     """
     positive = {"seeds": cfg.seeds, "max_epochs": cfg.max_epochs, "batch_size": cfg.batch_size,
                 "window": cfg.window, "horizon": cfg.horizon, "stride": cfg.stride}
     for name, value in positive.items():
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise ValueError(f"{name} is {value!r}; it must be a whole number >= 1 (--{name.replace('_', '-')})")
+            raise InputError(f"{name} is {value!r}; it must be a whole number >= 1 (--{name.replace('_', '-')})")
     if cfg.patience is not None and cfg.patience < 1:
-        raise ValueError(f"patience is {cfg.patience}; it must be >= 1 (--patience)")
+        raise InputError(f"patience is {cfg.patience}; it must be >= 1 (--patience)")
     if cfg.alpha is not None and cfg.alpha < 0:
-        raise ValueError(f"alpha is {cfg.alpha}; the carbon-balance weight must be >= 0")
+        raise InputError(f"alpha is {cfg.alpha}; the carbon-balance weight must be >= 0")
     if not 0 <= cfg.val_fraction < 1:
-        raise ValueError(f"val_fraction is {cfg.val_fraction}; it must be in [0, 1)")
+        raise InputError(f"val_fraction is {cfg.val_fraction}; it must be in [0, 1)")
     if cfg.horizon > cfg.window:
-        raise ValueError(f"horizon {cfg.horizon} exceeds the window of {cfg.window} days")
+        raise InputError(f"horizon {cfg.horizon} exceeds the window of {cfg.window} days")
     return cfg
 
 
@@ -174,11 +175,11 @@ def fit(ds: xr.Dataset, split, cfg: TrainConfig, *, grid: dict | None = None, ou
     features = pipeline.feature_variables(ds, cfg.feature_set)
     train_sites, test_sites, split_df = _sites_of(split)
     if not train_sites:
-        raise ValueError("the split has no training sites")
+        raise InputError("the split has no training sites")
     train_ds = _select(ds, train_sites, "training")
     test_ds = _select(ds, test_sites, "test") if test_sites else None
     if out is not None and Path(out).exists() and not overwrite:
-        raise FileExistsError(f"{out} exists; choose another --out or pass --overwrite")
+        raise ExistsError(f"{out} exists; choose another --out or pass --overwrite")
     device = resolve_device(cfg.device)
     log.info("training %s (%s) on %d sites, %d test sites, device %s", cfg.model, spec.kind, len(train_sites), len(test_sites), device)
 
@@ -188,7 +189,7 @@ def fit(ds: xr.Dataset, split, cfg: TrainConfig, *, grid: dict | None = None, ou
     cv_table, chosen = None, {}
     if grid:
         if split_df is None:
-            raise ValueError("a grid search needs a split table with CV folds (cbgrid.splits.make_split)")
+            raise InputError("a grid search needs a split table with CV folds (cbgrid.splits.make_split)")
         chosen, cv_table = cv_search(arrays, split_df, cfg, grid, device=device, progress=progress)
     hp = _hyperparameters(cfg, chosen)
     t0 = time.perf_counter()

@@ -44,6 +44,7 @@ from cbgrid import evaluation, product
 from cbgrid.atomic import replace_file
 from cbgrid.context import grid_context
 from cbgrid.contracts import BlockWriter, Predictor
+from cbgrid.errors import ExistsError, InputError
 from cbgrid.progress import bar as progress_bar
 from cbgrid.report import ensemble_scores
 from cbgrid.runs import Run, load_run
@@ -126,7 +127,7 @@ def predict_cells(ds: xr.Dataset, runs: Sequence, out_days: pd.DatetimeIndex) ->
         have = [str(t) for t in pred["target"].values]
         lacking = [t for t in want if t not in have]
         if lacking:
-            raise ValueError(f"run {ref!s} predicts {have}; upscaling needs {want}")
+            raise InputError(f"run {ref!s} predicts {have}; upscaling needs {want}")
         sel = {"target": want, "time": out_days.values.astype("datetime64[ns]")}
         m = pred.sel(sel).transpose("target", "time", "site").values.astype(np.float64)
         if "prediction_std" in p:
@@ -182,13 +183,13 @@ def predict_blocks(drivers: xr.Dataset, runs: Sequence, ctx: xr.Dataset, out_day
         feats |= set(resolve_run(r).features)
     missing = sorted(feats - set(names))
     if missing:
-        raise ValueError(f"the drivers lack {missing} that the runs read; they have {names}")
+        raise InputError(f"the drivers lack {missing} that the runs read; they have {names}")
     if feats:
         names = [n for n in names if n in feats]
     in_days = drivers.indexes["time"]
     out_days = pd.DatetimeIndex(out_days)
     if not out_days.isin(in_days).all():
-        raise ValueError(f"drivers ({in_days[0].date()}..{in_days[-1].date()}) do not cover the output days")
+        raise InputError(f"drivers ({in_days[0].date()}..{in_days[-1].date()}) do not cover the output days")
     drv = drivers[names].transpose("time", "lat", "lon")
     stacked = da.stack([
         (v.data if hasattr(v.data, "dask") else da.from_array(np.asarray(v.data)))
@@ -304,14 +305,14 @@ def upscale(recipe, *, runs: Sequence | None = None, scores: pd.DataFrame | None
     """
     runs = list(runs if runs is not None else recipe.runs)
     if not runs:
-        raise ValueError(f"recipe {recipe.name!r} names no runs")
+        raise InputError(f"recipe {recipe.name!r} names no runs")
     out_dir = Path(recipe.output)
     out_dir.mkdir(parents=True, exist_ok=True)
     lat, lon = recipe.grid.lat, recipe.grid.lon
     spin = max(history_days(r) for r in runs)  # loads the runs: a bad run folder fails here, early
     ctx = grid_context(lat, lon) if context is None else context
     if ctx.sizes["lat"] != lat.size or ctx.sizes["lon"] != lon.size:
-        raise ValueError(f"the grid context is {ctx.sizes['lat']}x{ctx.sizes['lon']}; the recipe grid is {lat.size}x{lon.size}")
+        raise InputError(f"the grid context is {ctx.sizes['lat']}x{ctx.sizes['lon']}; the recipe grid is {lat.size}x{lon.size}")
     if scores is None:
         scores, split = ensemble_scores([r if isinstance(r, (str, os.PathLike)) else resolve_run(r) for r in runs])
     summary = score_summary(scores)
@@ -338,14 +339,14 @@ def upscale(recipe, *, runs: Sequence | None = None, scores: pd.DataFrame | None
         for label, days in recipe.period.pieces():
             path = product_path(recipe, label)
             if path.exists() and not overwrite:
-                raise FileExistsError(f"{path} exists; remove it or allow overwriting")
+                raise ExistsError(f"{path} exists; remove it or allow overwriting")
             days_in = pd.date_range(days[0] - pd.Timedelta(days=spin), days[-1], freq="D")
             if drivers is None:
                 piece = recipe.drivers.open(recipe.grid, days_in, ctx, chunks=recipe.chunks, base=recipe.base)
             else:
                 absent = days_in[~days_in.isin(drivers.indexes["time"])]
                 if len(absent):
-                    raise ValueError(f"the given drivers lack {len(absent)} day(s) needed for {label}, "
+                    raise InputError(f"the given drivers lack {len(absent)} day(s) needed for {label}, "
                                      f"e.g. {absent[0].date()} (spin-up {spin} days)")
                 piece = drivers.sel(time=days_in)
             blocks = predict_blocks(piece, runs, ctx, days, chunks=recipe.chunks)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from cbgrid.errors import InputError
 from cbgrid.protocol import HORIZON, STRIDE, WINDOW
 
 
@@ -35,9 +36,9 @@ def validation_cutoff(observed: np.ndarray, fraction: float = 0.2, rounding: str
     [5]
     """
     if not 0 <= fraction < 1:
-        raise ValueError(f"validation fraction must be in [0, 1), got {fraction}")
+        raise InputError(f"validation fraction must be in [0, 1), got {fraction}")
     if rounding not in ("ceil", "floor"):
-        raise ValueError(f"rounding must be 'ceil' or 'floor', not {rounding!r}")
+        raise InputError(f"rounding must be 'ceil' or 'floor', not {rounding!r}")
     cum = np.cumsum(observed, axis=1)
     total = cum[:, -1] if cum.shape[1] else np.zeros(observed.shape[0], int)
     n_fit = (np.ceil if rounding == "ceil" else np.floor)(total * (1 - fraction)).astype(int)
@@ -60,9 +61,9 @@ def window_index(observed: np.ndarray, window: int = WINDOW, horizon: int = HORI
     [[0, 15]]
     """
     if not 0 < horizon <= window:
-        raise ValueError(f"horizon must be in 1..window ({window}), got {horizon}")
+        raise InputError(f"horizon must be in 1..window ({window}), got {horizon}")
     if stride < 1:
-        raise ValueError(f"stride must be >= 1, got {stride}")
+        raise InputError(f"stride must be >= 1, got {stride}")
     n_sites, n_days = observed.shape
     starts = np.arange(0, n_days - window + 1, stride)
     if starts.size == 0:
@@ -142,9 +143,9 @@ def complete_window_index(rows: np.ndarray, available: np.ndarray, window: int =
     [[0, 2], [0, 4]]
     """
     if not 0 < horizon <= window:
-        raise ValueError(f"horizon must be in 1..window ({window}), got {horizon}")
+        raise InputError(f"horizon must be in 1..window ({window}), got {horizon}")
     if stride < 1:
-        raise ValueError(f"stride must be >= 1, got {stride}")
+        raise InputError(f"stride must be >= 1, got {stride}")
     n_sites, n_days = rows.shape
     first, last = first_last(rows)
     origin = np.maximum(first - (window - 1), 0)

@@ -10,9 +10,11 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 
 from cbgrid import __version__
+from cbgrid.errors import CbgridError
 
 _GROUPS = ("store", "acquire", "evaluate", "train", "upscale")
 
@@ -28,6 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"cbgrid {__version__}")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
     parser.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only, no progress bars")
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for group in _GROUPS:
         importlib.import_module(f"cbgrid.cli.{group}").register(sub)
@@ -40,22 +43,27 @@ def main(argv: list[str] | None = None) -> int:
     level = logging.WARNING if args.quiet else (logging.INFO if args.verbose < 2 else logging.DEBUG)
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     if args.quiet:
-        import os
-
         os.environ["TQDM_DISABLE"] = "1"
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
         log.error("interrupted; nothing partial was left under a final name")
         return 130
-    except (ValueError, FileNotFoundError, FileExistsError, KeyError) as e:
-        # Bad input: one clear line, no traceback (use -vv to see it).
-        if args.verbose >= 2:
+    except (CbgridError, OSError) as e:
+        # A problem the user can fix (or the machine's: disk full, permissions): one clear line.
+        if args.debug or args.verbose >= 2:
             raise
-        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
-        print(f"cbgrid {args.command}: error: {msg}", file=sys.stderr)
+        print(f"cbgrid {args.command}: error: {one_line(e)}", file=sys.stderr)
         return 2
 
+
+def one_line(e: BaseException) -> str:
+    """The message of ``e`` on one line, with the file name an OSError carries."""
+    if isinstance(e, OSError) and not isinstance(e, CbgridError) and e.filename is not None:
+        text = f"{e.strerror or e}: {e.filename}"
+    else:
+        text = str(e) or type(e).__name__
+    return " ".join(text.split())
 
 if __name__ == "__main__":
     sys.exit(main())

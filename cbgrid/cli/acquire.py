@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from cbgrid import catalog, store
+from cbgrid.errors import ExistsError, InputError
 from cbgrid.recipe import load_recipe
 from cbgrid.sources import earthengine as ee_src
 
@@ -87,12 +88,12 @@ def cmd_sites(args) -> int:
     if args.site:
         unknown = sorted(set(args.site) - set(sites["site"].astype(str)))
         if unknown:
-            raise ValueError(f"site(s) {unknown} are not in {args.sites or 'the site catalog'}")
+            raise InputError(f"site(s) {unknown} are not in {args.sites or 'the site catalog'}")
         sites = sites[sites["site"].astype(str).isin(args.site)].reset_index(drop=True)
     start, end = args.start, args.end
     if start is None or end is None:
         if not args.out.exists():
-            raise ValueError("--start and --end are needed to create a new store")
+            raise InputError("--start and --end are needed to create a new store")
         t = store.open_store(args.out).indexes["time"]
         start, end = start or str(t[0].date()), end or str(t[-1].date())
     _show(ee_src.sites_plan(len(sites), start, end, feature_set=args.features, workers=args.workers, method=args.method), args)
@@ -133,7 +134,7 @@ def cmd_grid(args) -> int:
     if args.dry_run:
         return 0
     if args.zarr and args.zarr.exists() and not args.overwrite:
-        raise FileExistsError(f"{args.zarr} exists; pass --overwrite to replace it")
+        raise ExistsError(f"{args.zarr} exists; pass --overwrite to replace it")
     try:
         if args.zarr:
             ee_src.save_grid(grid, args.zarr, overwrite=args.overwrite, workers=args.workers, progress=not args.quiet)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from cbgrid import catalog, models, protocol, runs, splits, store, train
 from cbgrid.atomic import replace_file
+from cbgrid.errors import ExistsError, InputError, MissingError
 from cbgrid.schema import SITE
 
 log = logging.getLogger(__name__)
@@ -58,11 +59,11 @@ def _read_grid(path: Path) -> dict:
     import yaml
 
     if not path.exists():
-        raise FileNotFoundError(f"no grid file at {path}")
+        raise MissingError(f"no grid file at {path}")
     text = path.read_text()
     grid = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
     if not isinstance(grid, dict):
-        raise ValueError(f"{path}: a grid is a mapping of hyperparameter -> list of values, e.g. 'hidden: [128, 256]'")
+        raise InputError(f"{path}: a grid is a mapping of hyperparameter -> list of values, e.g. 'hidden: [128, 256]'")
     return grid
 
 
@@ -71,7 +72,7 @@ def _split(args, ds):
         return splits.make_split(ds, by=args.split, seed=args.split_seed)
     path = Path(args.split)
     if not path.exists():
-        raise FileNotFoundError(f"--split {args.split!r} is neither a split kind ({', '.join(splits.KINDS)}) nor a file")
+        raise MissingError(f"--split {args.split!r} is neither a split kind ({', '.join(splits.KINDS)}) nor a file")
     return splits.read_split(path)
 
 
@@ -79,7 +80,7 @@ def cmd_train(args) -> int:
 
     models.spec(args.model)  # unknown names fail before the store is opened
     if args.out.exists() and not args.overwrite:
-        raise FileExistsError(f"{args.out} exists; choose another --out or pass --overwrite")
+        raise ExistsError(f"{args.out} exists; choose another --out or pass --overwrite")
     grid = _read_grid(args.grid) if args.grid else None
     ds = store.open_store(args.store)
     split = _split(args, ds)
@@ -104,12 +105,12 @@ def cmd_predict(args) -> int:
     ds = store.open_store(args.store)
     if args.sites == "test":
         if run.split is None or "set" not in run.split:
-            raise ValueError(f"{args.run} has no split.csv; use --sites all")
+            raise InputError(f"{args.run} has no split.csv; use --sites all")
         wanted = run.split.loc[run.split["set"] == "test", "site"].astype(str)
         ids = pd.Index([str(s) for s in ds[SITE].values])
         have = [s for s in wanted if s in ids]
         if not have:
-            raise ValueError(f"none of the run's {len(wanted)} test sites is in {args.store}; use --sites all")
+            raise InputError(f"none of the run's {len(wanted)} test sites is in {args.store}; use --sites all")
         if len(have) < len(wanted):
             log.warning("%d of the run's test sites are not in the store", len(wanted) - len(have))
         ds = ds.isel({SITE: ids.get_indexer(have)})

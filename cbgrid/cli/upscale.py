@@ -8,6 +8,7 @@ from pathlib import Path
 from cbgrid import catalog, evaluation, plots, upscale
 from cbgrid.cli.store import print_summary
 from cbgrid.demo import run_demo
+from cbgrid.errors import InputError
 from cbgrid.recipe import load_recipe
 from cbgrid.sources.twin import truth_for_product
 from cbgrid.store import open_store
@@ -47,7 +48,7 @@ def cmd_upscale(args) -> int:
     if args.output is not None:
         recipe = recipe.replace(output=args.output)
     if args.truth and recipe.drivers.name != "twin":
-        raise ValueError(f"--truth needs twin drivers; recipe {recipe.name!r} uses {recipe.drivers.name!r}")
+        raise InputError(f"--truth needs twin drivers; recipe {recipe.name!r} uses {recipe.drivers.name!r}")
     res = upscale.upscale(recipe, runs=args.runs, scheduler=args.scheduler, institution=args.institution,
                           progress=not args.quiet)
     looks = [] if args.no_quicklook else [png for p in res["products"] for png in plots.quicklooks(p)]

@@ -26,6 +26,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from cbgrid import catalog
+from cbgrid.errors import InputError, UnknownError
 
 #: Built-in networks: name -> "module:Class".
 NETWORKS = {
@@ -106,9 +107,9 @@ def register_network(name: str, cls: type) -> None:
     >>> unregister("my_mlp")
     """
     if name in _trees():
-        raise ValueError(f"{name!r} is a tree model name")
+        raise InputError(f"{name!r} is a tree model name")
     if getattr(cls, "kind", None) not in ("static", "temporal"):
-        raise ValueError(f"network {name!r} needs a class attribute kind = 'static' or 'temporal'")
+        raise InputError(f"network {name!r} needs a class attribute kind = 'static' or 'temporal'")
     _EXTRA_NETWORKS[name] = cls
 
 
@@ -121,7 +122,7 @@ def register_tree(name: str, cls: type) -> None:
     >>> unregister("my_trees")
     """
     if name in _networks():
-        raise ValueError(f"{name!r} is a network name")
+        raise InputError(f"{name!r} is a network name")
     _EXTRA_TREES[name] = cls
 
 
@@ -153,8 +154,8 @@ def registered(name: str, cls: type) -> Iterator[None]:
         unregister(name)
 
 
-def _unknown(name: str) -> ValueError:
-    return ValueError(f"unknown model {name!r}; choose one of {', '.join(available())}")
+def _unknown(name: str) -> UnknownError:
+    return UnknownError(f"unknown model {name!r}; choose one of {', '.join(available())}")
 
 
 def is_tree(name: str) -> bool:

@@ -10,18 +10,20 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from cbgrid.errors import InputError, UnknownError
+
 
 def _expect(
     batch: dict[str, torch.Tensor], key: str, ndim: int, model: str, shape: str
 ) -> torch.Tensor:
     """Fetch ``batch[key]`` and check its rank, naming the expected layout when it is wrong."""
     if key not in batch:
-        raise KeyError(
+        raise UnknownError(
             f"{model} needs batch[{key!r}] of shape {shape}; the batch has {sorted(batch)}"
         )
     t = batch[key]
     if t.dim() != ndim:
-        raise ValueError(f"{model}: batch[{key!r}] must be {shape}, got shape {tuple(t.shape)}")
+        raise InputError(f"{model}: batch[{key!r}] must be {shape}, got shape {tuple(t.shape)}")
     return t
 
 
@@ -50,7 +52,7 @@ class MLP(nn.Module):
     ) -> None:
         super().__init__()
         if layers < 1:
-            raise ValueError(f"MLP needs at least one hidden layer, got layers={layers}")
+            raise InputError(f"MLP needs at least one hidden layer, got layers={layers}")
         self.aux_loss: torch.Tensor | None = None
         blocks: list[nn.Module] = []
         width = n_features + n_static + n_onehot

@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from cbgrid.errors import InputError
 from cbgrid.models.mlp import _expect
 
 
@@ -20,10 +21,10 @@ def check_horizon(window: int, horizon: int) -> None:
 
     >>> check_horizon(30, 40)
     Traceback (most recent call last):
-    ValueError: horizon must be between 1 and window=30 days, got horizon=40
+    cbgrid.errors.InputError: horizon must be between 1 and window=30 days, got horizon=40
     """
     if not 1 <= horizon <= window:
-        raise ValueError(
+        raise InputError(
             f"horizon must be between 1 and window={window} days, got horizon={horizon}"
         )
 

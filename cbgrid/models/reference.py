@@ -40,6 +40,7 @@ import math
 import torch
 from torch import nn
 
+from cbgrid.errors import InputError
 from cbgrid.models.mlp import _expect
 from cbgrid.models.recurrent import check_horizon
 
@@ -153,7 +154,7 @@ def _sinusoidal(steps: int, width: int) -> torch.Tensor:
 
 def _post_norm_encoder(hidden: int, nhead: int, layers: int, dropout: float) -> nn.TransformerEncoder:
     if hidden % nhead:
-        raise ValueError(f"hidden={hidden} must be divisible by nhead={nhead}")
+        raise InputError(f"hidden={hidden} must be divisible by nhead={nhead}")
     layer = nn.TransformerEncoderLayer(d_model=hidden, nhead=nhead, dim_feedforward=4 * hidden, dropout=dropout,
                                        batch_first=True)
     return nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
@@ -171,7 +172,7 @@ class Transformer(_Reference):
     def forward(self, batch):
         dyn = dynamic_inputs(batch, "Transformer")
         if dyn.shape[1] != self.window:
-            raise ValueError(f"Transformer was built for window={self.window} days, got {dyn.shape[1]}")
+            raise InputError(f"Transformer was built for window={self.window} days, got {dyn.shape[1]}")
         x = self.embedding(torch.cat([dyn, static_inputs(batch, dyn.shape[1], "Transformer")], dim=-1)) + self.pe
         return self.fc(self.transformer(x))[:, -self.horizon:]
 
@@ -181,7 +182,7 @@ class PatchTransformer(_Reference):
                  dropout=0.2, nhead=4, patch_len=4, patch_stride=4, **kw):
         super().__init__(window, horizon)
         if window < patch_len:
-            raise ValueError(f"window={window} must be >= patch_len={patch_len}")
+            raise InputError(f"window={window} must be >= patch_len={patch_len}")
         self.patch_len, self.patch_stride, self.n_targets = patch_len, patch_stride, n_targets
         self.n_patches = (window - patch_len) // patch_stride + 1
         channels = n_features + n_static
@@ -196,7 +197,7 @@ class PatchTransformer(_Reference):
         dyn = dynamic_inputs(batch, "PatchTransformer")
         b, steps, _ = dyn.shape
         if steps != self.window:
-            raise ValueError(f"PatchTransformer was built for window={self.window} days, got {steps}")
+            raise InputError(f"PatchTransformer was built for window={self.window} days, got {steps}")
         # (B, T, C) -> (B, C, P, patch_len) -> (B, P, C * patch_len): channel-major within a patch
         patches = dyn.permute(0, 2, 1).unfold(-1, self.patch_len, self.patch_stride).permute(0, 2, 1, 3)
         tokens = self.patch_embedding(patches.reshape(b, self.n_patches, -1)) + self.pos_embed

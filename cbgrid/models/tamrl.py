@@ -16,6 +16,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from cbgrid.errors import InputError, UnknownError
 from cbgrid.models.mlp import _expect
 from cbgrid.models.recurrent import check_horizon, per_step_inputs
 
@@ -29,7 +30,7 @@ class TaskEncoder(nn.Module):
     def __init__(self, n_features: int, hidden: int, latent: int, cell: str = "gru") -> None:
         super().__init__()
         if cell not in _CELLS:
-            raise ValueError(f"task encoder cell must be one of {sorted(_CELLS)}, got {cell!r}")
+            raise InputError(f"task encoder cell must be one of {sorted(_CELLS)}, got {cell!r}")
         rnn = _CELLS[cell]
         self.encoder = rnn(n_features, hidden, batch_first=True)
         self.to_latent = nn.Linear(hidden, latent)
@@ -82,7 +83,7 @@ class TAMRL(nn.Module):
         super().__init__()
         check_horizon(window, horizon)
         if layers < 1:
-            raise ValueError(f"TAMRL needs at least one LSTM layer, got layers={layers}")
+            raise InputError(f"TAMRL needs at least one LSTM layer, got layers={layers}")
         self.horizon, self.hidden, self.latent = horizon, hidden, latent
         self.recon_weight = recon_weight
         self.aux_loss: torch.Tensor | None = None
@@ -102,7 +103,7 @@ class TAMRL(nn.Module):
         when codes are computed without gradients for many sites or grid cells at once.
         """
         if ctx.dim() != 4:
-            raise ValueError(
+            raise InputError(
                 "TAMRL.site_code needs ctx of shape (B, K, window, n_features), "
                 f"got {tuple(ctx.shape)}"
             )
@@ -116,7 +117,7 @@ class TAMRL(nn.Module):
             code = _expect(batch, "code", 2, "TAMRL", "(B, latent)")
             self.aux_loss = inputs.new_zeros(())
         elif "ctx" not in batch:
-            raise KeyError(
+            raise UnknownError(
                 "TAMRL needs the site's feature windows batch['ctx'] (B, K, window, n_features) "
                 f"or a precomputed batch['code'] (B, latent); the batch has {sorted(batch)}"
             )

@@ -14,6 +14,7 @@ import math
 import torch
 from torch import nn
 
+from cbgrid.errors import InputError
 from cbgrid.models.mlp import _expect
 from cbgrid.models.recurrent import check_horizon, per_step_inputs
 
@@ -21,7 +22,7 @@ from cbgrid.models.recurrent import check_horizon, per_step_inputs
 def _encoder(hidden: int, nhead: int, layers: int, dropout: float) -> nn.TransformerEncoder:
     """``layers`` pre-norm encoder layers of width ``hidden`` with a final LayerNorm."""
     if hidden % nhead:
-        raise ValueError(f"hidden={hidden} must be divisible by nhead={nhead}")
+        raise InputError(f"hidden={hidden} must be divisible by nhead={nhead}")
     layer = nn.TransformerEncoderLayer(
         d_model=hidden,
         nhead=nhead,
@@ -71,7 +72,7 @@ class Transformer(nn.Module):
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         inputs = per_step_inputs(batch, True, "Transformer")
         if inputs.shape[1] != self.window:
-            raise ValueError(
+            raise InputError(
                 f"Transformer was built for window={self.window} days, got {inputs.shape[1]}"
             )
         tokens = self.dropout(self.embed(inputs) + self.position)
@@ -108,7 +109,7 @@ class PatchTransformer(nn.Module):
         super().__init__()
         check_horizon(window, horizon)
         if not (1 <= patch_len <= window and patch_stride >= 1):
-            raise ValueError(
+            raise InputError(
                 f"need 1 <= patch_len <= window={window} and patch_stride >= 1, "
                 f"got patch_len={patch_len}, patch_stride={patch_stride}"
             )
@@ -130,7 +131,7 @@ class PatchTransformer(nn.Module):
         s = _expect(batch, "s", 2, "PatchTransformer", "(B, n_static)")
         onehot = _expect(batch, "onehot", 2, "PatchTransformer", "(B, n_onehot)")
         if x.shape[1] != self.window:
-            raise ValueError(
+            raise InputError(
                 f"PatchTransformer was built for window={self.window} days, got {x.shape[1]}"
             )
         if self.pad:

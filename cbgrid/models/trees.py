@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from cbgrid import catalog
+from cbgrid.errors import InputError, MissingError
 from cbgrid.schema import TARGETS
 
 log = logging.getLogger(__name__)
@@ -38,7 +39,7 @@ class TreeModel:
     def __init__(self, params: dict | None = None, *, patience: int = 20, device: str = "cpu",
                  threads: int | None = None, multi_output: bool = False, keep: str = "best"):
         if keep not in ("best", "library"):
-            raise ValueError(f"keep must be 'best' or 'library', not {keep!r}")
+            raise InputError(f"keep must be 'best' or 'library', not {keep!r}")
         self.params = {**catalog.hyperparameters(self.name), **(params or {})}
         self.patience = int(patience)
         self.device = device
@@ -76,7 +77,7 @@ class TreeModel:
     def fit(self, x, y, w, x_val=None, y_val=None, w_val=None, *, seed: int = 0) -> pd.DataFrame:
         """Fit one booster per target; returns the validation curve (target, iteration, val_rmse)."""
         if len(x) == 0:
-            raise ValueError("no training samples for the trees")
+            raise InputError("no training samples for the trees")
         has_val = x_val is not None and len(x_val) > 0
         curves, self.boosters = [], []
         if self.multi_output:
@@ -94,7 +95,7 @@ class TreeModel:
     def predict(self, x: np.ndarray) -> np.ndarray:
         """(N, 3) GPP, RECO, NEE in physical units."""
         if not self.boosters:
-            raise ValueError("the tree model is not fitted")
+            raise InputError("the tree model is not fitted")
         data = self.prepare(x)
         if self.multi_output:
             return np.asarray(self.predict_one(self.boosters[0], data), np.float32).reshape(-1, len(TARGETS))
@@ -122,6 +123,6 @@ class TreeModel:
         for target in m._targets():
             p = m._path(stem, target)
             if not p.exists():
-                raise FileNotFoundError(f"the run lacks tree file {p}")
+                raise MissingError(f"the run lacks tree file {p}")
             m.boosters.append(m.load_one(p))
         return m

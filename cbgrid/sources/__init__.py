@@ -16,6 +16,8 @@ from __future__ import annotations
 import importlib
 from pathlib import Path
 
+from cbgrid.errors import InputError, MissingError
+
 #: Modules that define driver or site sources, imported on first lookup.
 SOURCE_MODULES = ("twin", "local", "earthengine", "fluxnet")
 _DRIVERS: dict[str, type] = {}
@@ -26,7 +28,7 @@ def register_driver_source(cls: type) -> type:
     """Class decorator: make ``cls`` the driver source called ``cls.name`` in recipes."""
     name = getattr(cls, "name", None)
     if not isinstance(name, str) or not name:
-        raise ValueError(f"driver source {cls.__name__} needs a class attribute name = '<recipe name>'")
+        raise InputError(f"driver source {cls.__name__} needs a class attribute name = '<recipe name>'")
     _DRIVERS[name] = cls
     return cls
 
@@ -35,7 +37,7 @@ def register_site_source(cls: type) -> type:
     """Class decorator: make ``cls`` a layout ``cbgrid ingest`` recognises (``cls.name``)."""
     name = getattr(cls, "name", None)
     if not isinstance(name, str) or not name:
-        raise ValueError(f"site source {cls.__name__} needs a class attribute name")
+        raise InputError(f"site source {cls.__name__} needs a class attribute name")
     _SITES[name] = cls
     return cls
 
@@ -57,10 +59,10 @@ def site_source_for(paths) -> type:
     paths = [Path(p) for p in paths]
     missing = [str(p) for p in paths if not p.exists()]
     if missing:
-        raise FileNotFoundError(f"no such file or folder: {', '.join(missing[:5])}")
+        raise MissingError(f"no such file or folder: {', '.join(missing[:5])}")
     hits = [cls for cls in _SITES.values() if cls.recognizes(paths)]
     if not hits:
-        raise ValueError(f"{', '.join(p.name for p in paths[:3])}{' ...' if len(paths) > 3 else ''}: not a layout "
+        raise InputError(f"{', '.join(p.name for p in paths[:3])}{' ...' if len(paths) > 3 else ''}: not a layout "
                          f"cbgrid ingests ({', '.join(_SITES)}); see `cbgrid ingest --help`")
     return hits[0]
 
@@ -79,5 +81,5 @@ def driver_source(name: str) -> type:
     """The config class of driver source ``name``; ValueError listing the known ones."""
     _load_all()
     if name not in _DRIVERS:
-        raise ValueError(f"unknown driver source {name!r}; use one of {', '.join(_DRIVERS)}")
+        raise InputError(f"unknown driver source {name!r}; use one of {', '.join(_DRIVERS)}")
     return _DRIVERS[name]

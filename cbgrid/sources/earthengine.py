@@ -49,6 +49,7 @@ from dask.highlevelgraph import HighLevelGraph
 
 from cbgrid import catalog, schema
 from cbgrid.atomic import replace_file
+from cbgrid.errors import ExistsError, InputError, MissingError
 from cbgrid.progress import bar as progress_bar
 from cbgrid.recipe import RecipeError, check_keys
 from cbgrid.runtime import require
@@ -179,21 +180,21 @@ def service_account_key(path=None) -> Path | None:
     path = Path(path).expanduser()
     where = f"--service-account {path}" if explicit else f"${KEY_ENV} ({path})"
     if not path.is_file():
-        raise FileNotFoundError(f"{where}: no such file; give the JSON key of a service account")
+        raise MissingError(f"{where}: no such file; give the JSON key of a service account")
     try:
         doc = json.loads(path.read_text())
     except (OSError, ValueError) as e:
-        raise ValueError(f"{where} is not a JSON key file ({type(e).__name__}); give the JSON key of a service "
+        raise InputError(f"{where} is not a JSON key file ({type(e).__name__}); give the JSON key of a service "
                          "account (Cloud console: IAM > Service accounts > Keys)") from None
     kind = doc.get("type") if isinstance(doc, dict) else None
     if kind != "service_account":
         if explicit:
-            raise ValueError(f"{where} is a {kind!r} credentials file, not a service-account key (type "
+            raise InputError(f"{where} is a {kind!r} credentials file, not a service-account key (type "
                              "'service_account'); for user credentials run `earthengine authenticate` instead")
         return None  # application-default user credentials: ee finds them itself
     missing = [k for k in ("client_email", "private_key", "token_uri") if not doc.get(k)]
     if missing:
-        raise ValueError(f"{where} lacks {', '.join(missing)}; download a fresh key for the service account")
+        raise InputError(f"{where} lacks {', '.join(missing)}; download a fresh key for the service account")
     return path.resolve()
 
 
@@ -332,7 +333,7 @@ def collection_id(source: str) -> str:
     v = catalog.variables()
     ids = v.loc[v["source"] == source, "collection"].unique()
     if len(ids) != 1:
-        raise ValueError(f"variable catalog has {len(ids)} collections for source {source!r}: {list(ids)}")
+        raise InputError(f"variable catalog has {len(ids)} collections for source {source!r}: {list(ids)}")
     return str(ids[0])
 
 
@@ -342,7 +343,7 @@ def source_variables(source: str, feature_set: str = "minimal") -> list[str]:
         return catalog.era5_bands(feature_set)
     if source == MODIS:
         return catalog.modis_bands()
-    raise ValueError(f"unknown Earth Engine source {source!r}; use one of {SOURCES}")
+    raise InputError(f"unknown Earth Engine source {source!r}; use one of {SOURCES}")
 
 
 def _scale_offset(names: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -352,7 +353,7 @@ def _scale_offset(names: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
 
 def _check_method(method: str) -> str:
     if method not in METHODS:
-        raise ValueError(f"method is {method!r}; use one of {', '.join(METHODS)}")
+        raise InputError(f"method is {method!r}; use one of {', '.join(METHODS)}")
     return method
 
 
@@ -730,11 +731,11 @@ def grid_transform(lat, lon) -> tuple[tuple[float, ...], tuple[int, int]]:
     """
     lat, lon = np.asarray(lat, dtype=float), np.asarray(lon, dtype=float)
     if lat.size < 1 or lon.size < 1:
-        raise ValueError("the grid needs at least one latitude and one longitude")
+        raise InputError("the grid needs at least one latitude and one longitude")
     steps = np.concatenate([np.diff(lat), np.diff(lon)])
     res = float(steps[0]) if steps.size else 1.0
     if steps.size and (res <= 0 or not np.allclose(steps, res, rtol=0, atol=1e-9 * max(1.0, abs(res)))):
-        raise ValueError(
+        raise InputError(
             f"Earth Engine grids must be regular, ascending and square: lat steps {np.unique(np.diff(lat))[:5]}, "
             f"lon steps {np.unique(np.diff(lon))[:5]}"
         )
@@ -809,7 +810,7 @@ class EarthEngineGrid:
         self.transform, self.shape_2d = grid_transform(self.lat, self.lon)
         self.days = pd.date_range(pd.Timestamp(start).normalize(), pd.Timestamp(end).normalize(), freq="D")
         if len(self.days) == 0:
-            raise ValueError(f"end {pd.Timestamp(end).date()} is before start {pd.Timestamp(start).date()}")
+            raise InputError(f"end {pd.Timestamp(end).date()} is before start {pd.Timestamp(start).date()}")
         self.feature_set = feature_set
         self.connection = connection or Connection()
         self.policy = policy or RetryPolicy()
@@ -1023,7 +1024,7 @@ def grid_for_recipe(recipe, *, project: str | None = None, service_account=None,
     key from ``service_account``, else ``drivers.service_account``, else the environment.
     """
     if recipe.drivers.name != "earthengine":
-        raise ValueError(f"recipe {recipe.name!r} has drivers.source {recipe.drivers.name!r}, not 'earthengine'")
+        raise InputError(f"recipe {recipe.name!r} has drivers.source {recipe.drivers.name!r}, not 'earthengine'")
     chunks = dict(chunks or {})
     tile = min(int(chunks.get("lat", TILE)), int(chunks.get("lon", TILE)))
     key = service_account or _relative(recipe.base, recipe.drivers.service_account)
@@ -1054,7 +1055,7 @@ def save_grid(grid: EarthEngineGrid, path, *, overwrite: bool = False, workers: 
     """
     path = Path(path)
     if path.exists() and not overwrite:
-        raise FileExistsError(f"{path} exists; pass --overwrite to replace it")
+        raise ExistsError(f"{path} exists; pass --overwrite to replace it")
     folder = path.with_name(f".{path.name}.partial")
     counts = earthengine_cache.download(grid, folder, workers=workers, progress=progress, what=path.name)
     if counts["provisional"]:

@@ -29,6 +29,7 @@ import zarr
 
 from cbgrid import schema
 from cbgrid.atomic import replace_dir, replace_file
+from cbgrid.errors import InputError
 from cbgrid.progress import bar as progress_bar
 from cbgrid.sources.earthengine_faults import EarthEngineError
 
@@ -93,9 +94,9 @@ def _create(source: BlockSource, folder: Path) -> None:
         try:
             had = xr.open_zarr(store, consolidated=False).attrs.get("cbgrid_request")
         except Exception as e:  # noqa: BLE001 - any unreadable store is reported the same way
-            raise ValueError(f"{store} is not a readable grid store ({type(e).__name__}); delete {folder} to start over") from e
+            raise InputError(f"{store} is not a readable grid store ({type(e).__name__}); delete {folder} to start over") from e
         if had != sig:
-            raise ValueError(f"{folder} holds the download of a different request (grid, period, features or "
+            raise InputError(f"{folder} holds the download of a different request (grid, period, features or "
                              f"request sizes differ); delete it, or write to another path")
         return
     ds = source.template()

@@ -31,6 +31,8 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
+from cbgrid.errors import InputError, ServiceError
+
 log = logging.getLogger(__name__)
 
 #: Verdicts.
@@ -72,7 +74,7 @@ _TRANSIENT = re.compile(
 _sleep = time.sleep  # replaced in tests to keep retry tests instant
 
 
-class EarthEngineError(RuntimeError):
+class EarthEngineError(ServiceError):
     """An Earth Engine request failed; the message names what and where, and what to change."""
 
 
@@ -113,7 +115,7 @@ class RetryPolicy:
 
     def __post_init__(self):
         if int(self.max_tries) < 1:
-            raise ValueError(f"max_tries is {self.max_tries}; it must be at least 1")
+            raise InputError(f"max_tries is {self.max_tries}; it must be at least 1")
 
     def delay(self, attempt: int) -> float:
         """Seconds to wait after failed attempt number ``attempt`` (1-based)."""

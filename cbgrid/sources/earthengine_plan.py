@@ -32,6 +32,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from cbgrid.errors import InputError
+
 #: MOD09GA's 500 m bands sit on the sinusoidal grid's 463.3127 m pixels; ERA5-Land on 0.1°.
 MODIS_PIXEL_M = 463.312716528
 ERA5_LAND_RES_DEG = 0.1
@@ -63,7 +65,7 @@ def time_chunks(start, end) -> list[tuple[pd.Timestamp, pd.Timestamp]]:
     """
     start, end = pd.Timestamp(start).normalize(), pd.Timestamp(end).normalize()
     if end < start:
-        raise ValueError(f"end {end.date()} is before start {start.date()}")
+        raise InputError(f"end {end.date()} is before start {start.date()}")
     out = []
     for year in range(start.year, end.year + 1):
         a = max(start, pd.Timestamp(year=year, month=1, day=1))
@@ -81,7 +83,7 @@ def time_pieces(start, end, chunk_days: int) -> list[tuple[pd.Timestamp, pd.Time
     """
     days = pd.date_range(pd.Timestamp(start).normalize(), pd.Timestamp(end).normalize(), freq="D")
     if len(days) == 0:
-        raise ValueError(f"end {pd.Timestamp(end).date()} is before start {pd.Timestamp(start).date()}")
+        raise InputError(f"end {pd.Timestamp(end).date()} is before start {pd.Timestamp(start).date()}")
     step = max(1, int(chunk_days)) * max(1, MAX_PIECE_DAYS // max(1, int(chunk_days)))
     return [(days[i], days[min(i + step, len(days)) - 1]) for i in range(0, len(days), step)]
 

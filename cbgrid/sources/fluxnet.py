@@ -23,6 +23,7 @@ import pandas as pd
 import xarray as xr
 
 from cbgrid import catalog, context, schema
+from cbgrid.errors import InputError, MissingError
 from cbgrid.schema import GPP, NEE, QC, RECO, SchemaError
 from cbgrid.sources import register_site_source
 
@@ -83,7 +84,7 @@ def read_oneflux(path, *, site: str | None = None, sites: pd.DataFrame | None = 
     """
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"no such file: {path}")
+        raise MissingError(f"no such file: {path}")
     fsite, fnet, res = parse_filename(path) if site is None else (site, "other", "")
     if site is None and res and res != "DD":
         raise SchemaError(f"{path.name}: this is a {res} file; cbgrid reads daily (DD) ONEFlux files")
@@ -147,7 +148,7 @@ def read_many(paths: Iterable, *, sites: pd.DataFrame | None = None) -> xr.Datas
     """Read several DD files (one site each) onto a common daily axis."""
     parts = [read_oneflux(p, sites=sites) for p in paths]
     if not parts:
-        raise ValueError("no ONEFlux files given")
+        raise InputError("no ONEFlux files given")
     ids = [str(p.site.values[0]) for p in parts]
     if len(set(ids)) != len(ids):
         raise SchemaError(f"several files for the same site: {sorted({s for s in ids if ids.count(s) > 1})}")

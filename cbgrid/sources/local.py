@@ -31,6 +31,7 @@ import pandas as pd
 import xarray as xr
 
 from cbgrid import catalog
+from cbgrid.errors import InputError, MissingError, UnknownError
 from cbgrid.recipe import RecipeError, check_keys
 from cbgrid.sources import register_driver_source
 
@@ -90,7 +91,7 @@ ENGINES = ("netcdf4", "h5netcdf", "cfgrib", "zarr")
 def _engine_for(path: str, engine: str | None) -> str:
     if engine:
         if engine not in ENGINES:
-            raise ValueError(f"engine {engine!r} is not supported; use one of {', '.join(ENGINES)}")
+            raise InputError(f"engine {engine!r} is not supported; use one of {', '.join(ENGINES)}")
         return engine
     p = path.rstrip("/").lower()
     if p.endswith((".grib", ".grib2", ".grb", ".grb2")):
@@ -120,7 +121,7 @@ def _expand(paths: Sequence[str]) -> list[str]:
     for p in paths:
         hits = sorted(glob.glob(str(p)))
         if not hits:
-            raise FileNotFoundError(f"no driver file matches {p}")
+            raise MissingError(f"no driver file matches {p}")
         out += hits
     return out
 
@@ -133,7 +134,7 @@ def normalise(ds: xr.Dataset) -> xr.Dataset:
         ds = ds.drop_vars("time", errors="ignore").rename({"valid_time": "time"})
     if "step" in ds.dims:
         if ds.sizes["step"] != 1:
-            raise ValueError("forecast files with several steps are not supported: request ERA5-Land "
+            raise InputError("forecast files with several steps are not supported: request ERA5-Land "
                              "reanalysis fields (hourly) or daily statistics")
         ds = ds.isel(step=0)
     if "time" in ds.dims and "valid_time" in ds.coords:  # cfgrib: time = reference, valid_time = actual
@@ -142,13 +143,13 @@ def normalise(ds: xr.Dataset) -> xr.Dataset:
         ds = ds.expand_dims("time")
     for d in ("lat", "lon", "time"):
         if d not in ds.dims:
-            raise ValueError(f"driver file has no {d!r} dimension (dims: {dict(ds.sizes)}); expected time, lat/latitude, lon/longitude")
+            raise InputError(f"driver file has no {d!r} dimension (dims: {dict(ds.sizes)}); expected time, lat/latitude, lon/longitude")
     ds = ds.reset_coords(drop=True)  # number, expver, surface, step, valid_time, ...
     for extra in [d for d in ds.dims if d not in ("time", "lat", "lon")]:
         if ds.sizes[extra] == 1:
             ds = ds.isel({extra: 0}, drop=True)
         else:
-            raise ValueError(f"driver file has an extra dimension {extra!r} of size {ds.sizes[extra]}; "
+            raise InputError(f"driver file has an extra dimension {extra!r} of size {ds.sizes[extra]}; "
                              "select one level/member before upscaling")
     lon = ds["lon"].values
     if lon.max() > 180:
@@ -188,7 +189,7 @@ def check_units(ds: xr.Dataset) -> xr.Dataset:
             log.info("%s: converting %s -> %s", name, have, want)
             out[name] = (var * scale + offset).assign_attrs({**var.attrs, "units": want})
             continue
-        raise ValueError(f"variable {name!r} is in {have!r}; cbgrid needs {want!r} (as ERA5-Land DAILY_AGGR gives it). "
+        raise InputError(f"variable {name!r} is in {have!r}; cbgrid needs {want!r} (as ERA5-Land DAILY_AGGR gives it). "
                          "Convert it, or fix the file's units attribute if it is wrong")
     return xr.Dataset(out, coords=ds.coords, attrs=ds.attrs)
 
@@ -256,7 +257,7 @@ def open_local(paths: Sequence[str], *, engine: str | None = None, variables: Ma
     ds = xr.merge(parts, compat="override", join="outer", combine_attrs="drop_conflicts")
     absent = [f"{store} (as {file!r})" for store, file in dict(variables or {}).items() if store not in ds]
     if absent:
-        raise KeyError(f"the driver files lack {', '.join(absent)} named in the variables mapping; "
+        raise UnknownError(f"the driver files lack {', '.join(absent)} named in the variables mapping; "
                        f"they hold {sorted(ds.data_vars)}")
     ds = to_daily(ds)
     if days is not None:
@@ -264,7 +265,7 @@ def open_local(paths: Sequence[str], *, engine: str | None = None, variables: Ma
         have = ds.indexes["time"]
         absent = days[~days.isin(have)]
         if len(absent):
-            raise ValueError(f"the driver files lack {len(absent)} of the {len(days)} days needed "
+            raise InputError(f"the driver files lack {len(absent)} of the {len(days)} days needed "
                              f"({absent[0].date()}..{absent[-1].date()}); they cover {have[0].date()}..{have[-1].date()}")
         ds = ds.sel(time=days)
     if lat is not None and lon is not None:

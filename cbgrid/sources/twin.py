@@ -27,6 +27,7 @@ import xarray as xr
 from scipy.signal import lfilter
 
 from cbgrid import catalog, context, schema
+from cbgrid.errors import InputError
 from cbgrid.recipe import RecipeError, check_keys
 from cbgrid.sources import register_driver_source
 
@@ -422,7 +423,7 @@ def simulate(lat, lon, igbp, koppen, time, keys, seed=0, *, with_truth=False) ->
     time = pd.DatetimeIndex(time)
     n, nt = lat.size, len(time)
     if not (igbp.size == kop.size == keys.size == lon.size == n):
-        raise ValueError(
+        raise InputError(
             "lat, lon, igbp, koppen, keys must have equal length; "
             f"got {lat.size}, {lon.size}, {igbp.size}, {kop.size}, {keys.size}"
         )
@@ -430,7 +431,7 @@ def simulate(lat, lon, igbp, koppen, time, keys, seed=0, *, with_truth=False) ->
     if n == 0 or nt == 0:
         return {k: np.zeros((n, nt), np.float32) for k in names}
     if nt > 1 and (np.diff(time.values).astype("timedelta64[D]").astype(np.int64) != 1).any():
-        raise ValueError("time must be consecutive days")
+        raise InputError("time must be consecutive days")
 
     day0 = int((time[0].normalize() - _EPOCH).days)
     days = np.arange(day0 - SPINUP_DAYS, day0 + nt, dtype=np.int64)  # absolute day numbers
@@ -611,7 +612,7 @@ def twin_sites(n_sites: int | None = None, seed: int = 0) -> pd.DataFrame:
     if n_sites is None or n_sites == len(sites):
         return sites
     if n_sites < 1:
-        raise ValueError(f"n_sites must be >= 1, got {n_sites}")
+        raise InputError(f"n_sites must be >= 1, got {n_sites}")
     if n_sites < len(sites):
         return _stratified_subset(sites, n_sites, seed)
     extra = _extra_sites(n_sites - len(sites), seed)
