@@ -8,6 +8,7 @@ import logging
 from importlib import resources
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import yaml
 
@@ -92,6 +93,20 @@ def variables() -> pd.DataFrame:
     """Variable metadata indexed by store name: source, collection, band, units, scale, ..."""
     df = pd.read_csv(path("variables.csv"), keep_default_na=False)
     return df.set_index("name")
+
+
+def bounds(name: str) -> tuple[float, float]:
+    """Physically plausible (valid_min, valid_max) of variable ``name``; ±inf where none is set.
+
+    Values outside them are refused by the readers (a unit mix-up, a fill value or a corrupt
+    file, not a measurement).
+
+    >>> bounds("NEE_VUT_USTAR50_QC")
+    (0.0, 1.0)
+    """
+    row = variable(name)
+    lo, hi = (str(row.get(k, "")).strip() for k in ("valid_min", "valid_max"))
+    return (float(lo) if lo else -np.inf, float(hi) if hi else np.inf)
 
 
 def variable(name: str) -> dict:

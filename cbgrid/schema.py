@@ -75,6 +75,26 @@ class SchemaError(InputError):
     """A dataset, file or argument does not follow the cbgrid store schema."""
 
 
+def days(start, end, what: str = "--start/--end") -> pd.DatetimeIndex:
+    """The daily axis ``start``..``end`` (inclusive); InputError naming ``what`` when a date does
+    not parse or ``start`` is after ``end``.
+
+    >>> days("2020-01-30", "2020-02-01").strftime("%m-%d").tolist()
+    ['01-30', '01-31', '02-01']
+    >>> days("2021-01-01", "2020-01-01")
+    Traceback (most recent call last):
+    ...
+    cbgrid.errors.InputError: --start/--end: the start 2021-01-01 is after the end 2020-01-01; swap them
+    """
+    try:
+        first, last = pd.Timestamp(start), pd.Timestamp(end)
+    except (ValueError, TypeError) as e:
+        raise InputError(f"{what}: cannot read {start!r}..{end!r} as dates (write YYYY-MM-DD)") from e
+    if first > last:
+        raise InputError(f"{what}: the start {first.date()} is after the end {last.date()}; swap them")
+    return pd.date_range(first, last, freq="D")
+
+
 def encode(name: str, values) -> np.ndarray:
     """Class names (or codes) -> int8 codes for categorical coordinate ``name``.
 

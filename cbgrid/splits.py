@@ -107,22 +107,59 @@ def write_split(df: pd.DataFrame, path) -> Path:
 
 
 def read_split(path) -> pd.DataFrame:
+    """A split CSV written by :func:`write_split` (or by hand), checked with :func:`check`."""
     path = Path(path)
     if not path.exists():
         raise MissingError(f"no split file at {path}")
-    df = pd.read_csv(path, dtype={"site": str, "fold": "Int64"}, keep_default_na=False, na_values={"fold": [""]})
+    try:
+        df = pd.read_csv(path, dtype={"site": str, "fold": "Int64"}, keep_default_na=False, na_values={"fold": [""]})
+    except pd.errors.EmptyDataError as e:
+        raise SchemaError(f"{path}: the file is empty; write it with `cbgrid split`") from e
+    except (pd.errors.ParserError, ValueError, UnicodeDecodeError) as e:
+        raise SchemaError(f"{path}: not a readable split CSV ({' '.join(str(e).split())[:200]})") from e
     return check(df, where=str(path))
 
 
 def check(df: pd.DataFrame, where: str = "split") -> pd.DataFrame:
+    """``df`` if it is a consistent split, else SchemaError naming what contradicts what.
+
+    A split has columns :data:`COLUMNS`, one ``split`` label and one seed, sets ``train``/``test``
+    with at least one site each, unique sites, folds only on train sites, and, when labelled
+    ``official-*``, exactly the published test sites among its sites.
+    """
     missing = [c for c in COLUMNS if c not in df.columns]
     if missing:
         raise SchemaError(f"{where}: missing column(s) {missing}; expected {COLUMNS}")
+    if df.empty:
+        raise SchemaError(f"{where}: the split lists no sites (a header only); write it with `cbgrid split`")
     bad = sorted(set(df["set"]) - {"train", "test"})
     if bad:
         raise SchemaError(f"{where}: column 'set' must be 'train' or 'test', found {bad}")
     if df["site"].duplicated().any():
         raise SchemaError(f"{where}: duplicate site(s) {df.loc[df['site'].duplicated(), 'site'].tolist()[:5]}")
+    for col in ("split", "seed"):
+        values = sorted({str(v) for v in df[col]})
+        if len(values) > 1:
+            raise SchemaError(f"{where}: column {col!r} must hold one value, found {values}; one file holds one split")
+    for side in ("test", "train"):
+        if not (df["set"] == side).any():
+            raise SchemaError(
+                f"{where}: the split has no {side} sites; a site hold-out needs both (fewer classes or sites "
+                "than the split needs: add sites, or pick another --by)"
+            )
+    folded = df["fold"].notna() & (df["set"] == "test")
+    if folded.any():
+        raise SchemaError(f"{where}: test site(s) {df.loc[folded, 'site'].tolist()[:5]} have a CV fold; folds are for train sites only")
+    label = str(df["split"].iloc[0])
+    if label.startswith("official-") and label in KINDS:
+        official = set(catalog.official_test_sites(label)["site"])
+        listed = set(df.loc[df["set"] == "test", "site"])
+        wrong = sorted(listed - official) + sorted(official & set(df.loc[df["set"] == "train", "site"]))
+        if wrong:
+            raise SchemaError(
+                f"{where}: labelled {label!r} but site(s) {wrong[:5]} are on the other side of the published "
+                f"membership; rewrite it with `cbgrid split --by {label}` or give it another label"
+            )
     return df
 
 

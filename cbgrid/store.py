@@ -20,7 +20,7 @@ import zarr
 
 from cbgrid import catalog, schema
 from cbgrid.atomic import recover_if_missing, replace_dir, writer_lock
-from cbgrid.errors import MissingError
+from cbgrid.errors import InputError, MissingError
 from cbgrid.progress import compute as progress_compute
 from cbgrid.schema import GPP, QC, SITE, TIME, SchemaError
 
@@ -141,6 +141,25 @@ def _rollback(path: Path) -> dict:
     return commit
 
 
+def _check_overlap(new: xr.Dataset, days: pd.DatetimeIndex, path: Path) -> None:
+    """InputError naming each site of ``new`` whose observed days all lie outside ``days``."""
+    targets = [v for v in schema.TARGETS if v in new.data_vars]
+    if not targets or new.sizes[TIME] == 0:
+        return
+    seen = np.logical_or.reduce([np.isfinite(new[v].transpose(SITE, TIME).values) for v in targets])
+    inside = new.indexes[TIME].isin(days)
+    lost = [i for i in range(new.sizes[SITE]) if seen[i].any() and not seen[i, inside].any()]
+    if lost:
+        t = new.indexes[TIME]
+        first = [str(t[np.flatnonzero(seen[i])[0]].date()) for i in lost]
+        last = [str(t[np.flatnonzero(seen[i])[-1]].date()) for i in lost]
+        spans = ", ".join(f"{new[SITE].values[i]} ({a}..{b})" for i, a, b in zip(lost, first, last, strict=True))
+        raise InputError(
+            f"{path}: the observations of site(s) {spans} lie outside the store period "
+            f"{days[0].date()}..{days[-1].date()}; ingest them into a store whose --start/--end cover them"
+        )
+
+
 def append_sites(new: xr.Dataset, path) -> list[str]:
     """Add the sites of ``new`` to an existing store without rewriting it.
 
@@ -171,6 +190,7 @@ def _append_sites(new: xr.Dataset, path: Path) -> list[str]:
     if new.sizes[SITE] == 0:
         return []
     t = cur.indexes[TIME]
+    _check_overlap(new, t, path)
     outside = int((~new.indexes[TIME].isin(t)).sum())
     if outside:
         log.warning(
@@ -268,7 +288,8 @@ def merge(ds: xr.Dataset, path, *, overwrite: bool = False, period=None, progres
 def _merge(ds: xr.Dataset, path: Path, overwrite: bool, period, progress: bool) -> dict:
     if not path.exists():
         if period is not None:
-            days = pd.date_range(period[0], period[1], freq="D")
+            days = schema.days(period[0], period[1])
+            _check_overlap(ds, days, path)
             outside = int((~ds.indexes[TIME].isin(days)).sum())
             if outside:
                 log.warning("%d day(s) fall outside %s..%s and are dropped", outside, days[0].date(), days[-1].date())

@@ -3,6 +3,7 @@ import pandas as pd
 import pytest
 
 from cbgrid import schema
+from cbgrid.errors import InputError
 from cbgrid.schema import SchemaError
 from cbgrid.sources import fluxnet
 
@@ -52,14 +53,14 @@ def test_new_generation_columns_and_missing_values(tmp_path):
         (NAME, HEADER + "20090101,1,1,0,1\n20090101,1,1,0,1\n", "duplicate day"),
         (NAME, "TIMESTAMP,GPP_NT_VUT_50\n20090101,1\n", "RECO_NT_VUT_USTAR50"),
         (NAME, HEADER + "20090101,abc,1,0,1\n", "row 2: GPP_NT_VUT_USTAR50 = 'abc' is not a number"),
-        (NAME, HEADER + "20090101,1,1,0,48\n", "outside \\[0, 1\\]"),
+        (NAME, HEADER + "20090101,1,1,0,48\n", "NEE_VUT_USTAR50_QC = 48 outside the plausible range \\[0, 1\\]"),
         ("AMF_XX-Nop_FLUXNET_SUBSET_DD_2009-2009_3-5.csv", HEADER + "20090101,1,1,0,1\n", "'XX-Nop' is not in the site catalog"),
         ("AMF_US-AR1_FLUXNET_SUBSET_HH_2009-2009_3-5.csv", HEADER, "this is a HH file"),
         ("mydata.csv", HEADER, "cannot read a site id"),
     ],
 )
 def test_bad_files_are_named(tmp_path, name, text, message):
-    with pytest.raises(SchemaError, match=message):
+    with pytest.raises(InputError, match=message):
         fluxnet.read_oneflux(_write(tmp_path, name, text))
 
 

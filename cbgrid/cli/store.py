@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from cbgrid import sources, splits, store
+from cbgrid import schema, sources, splits, store
 from cbgrid.sources import twin
 
 log = logging.getLogger(__name__)
@@ -45,7 +45,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_twin(args) -> int:
-
+    schema.days(args.start, args.end)
     ds = twin.twin_store(n_sites=args.sites, start=args.start, end=args.end, seed=args.seed)
     store.write_store(ds, args.out, overwrite=args.overwrite)
     print_summary(store.open_store(args.out), args.out)

@@ -23,7 +23,7 @@ import pandas as pd
 import xarray as xr
 
 from cbgrid import catalog, context, schema
-from cbgrid.errors import InputError, MissingError
+from cbgrid.errors import DataError, InputError, MissingError
 from cbgrid.schema import GPP, NEE, QC, RECO, SchemaError
 from cbgrid.sources import register_site_source
 
@@ -47,8 +47,8 @@ def parse_filename(path) -> tuple[str, str, str]:
     m = _NAME.match(name)
     if not m:
         raise SchemaError(
-            f"{name}: cannot read a site id from the file name (expected e.g. "
-            "FLX_US-AR1_FLUXNET2015_SUBSET_DD_2009-2012_1-3.csv); pass the site explicitly (--site)"
+            f"{name}: cannot read a site id from the file name; keep the name the network gave it "
+            "(<PREFIX>_<SITE>_..._DD_....csv, e.g. FLX_US-AR1_FLUXNET2015_SUBSET_DD_2009-2012_1-3.csv)"
         )
     rest = m["rest"].upper()
     network = _PREFIX_NETWORK.get(m["prefix"].upper(), "other")
@@ -76,6 +76,60 @@ def _site_row(site: str, sites: pd.DataFrame | None, path) -> pd.DataFrame:
     return row
 
 
+def _is_base(path: Path) -> bool:
+    """Whether ``path`` is an AmeriFlux BASE file: by name, or by its ``# Site:`` preamble."""
+    if "_BASE_" in path.name.upper() or "_BASE-" in path.name.upper():
+        return True
+    with path.open("rb") as f:
+        return f.read(7) == b"# Site:"
+
+
+def _read_table(path: Path) -> pd.DataFrame:
+    """The CSV as strings-or-numbers; only -9999 means missing (``n/a``, ``NA`` and empty
+    fields are refused as not numbers). A file that ends without a line break was cut off."""
+    size = path.stat().st_size
+    if size == 0:
+        raise DataError(f"{path.name}: the file is empty; re-download it")
+    with path.open("rb") as f:
+        f.seek(size - 1)
+        last = f.read(1)
+    if last not in (b"\n", b"\r"):
+        with path.open("rb") as f:
+            rows = sum(1 for _ in f)
+        raise DataError(
+            f"{path.name}: row {rows}: the file ends inside a line (a cut-off download or copy); "
+            "re-download it (a complete file ends with a line break)"
+        )
+    try:
+        return pd.read_csv(path, dtype={"TIMESTAMP": str}, na_values=[str(MISSING), f"{MISSING}.0"],
+                           keep_default_na=False, low_memory=False)
+    except pd.errors.EmptyDataError as e:
+        raise DataError(f"{path.name}: the file holds no header; re-download it") from e
+    except (pd.errors.ParserError, UnicodeDecodeError) as e:
+        raise SchemaError(f"{path.name}: not a readable CSV ({' '.join(str(e).split())})") from e
+
+
+def _check_values(path: Path, col: str, name: str, values: np.ndarray) -> None:
+    """Refuse a column with no value at all or with values outside the catalog's plausible range."""
+    finite = np.isfinite(values)
+    if not np.isnan(values).all() and not finite[~np.isnan(values)].all():
+        i = int(np.flatnonzero(~finite & ~np.isnan(values))[0])
+        raise DataError(f"{path.name}: row {i + 2}: {col} = {values[i]} is not a finite number; "
+                        f"only {MISSING} marks a missing value")
+    if not finite.any():
+        raise DataError(f"{path.name}: column {col} holds only {MISSING} (no value at all); "
+                        "this file has no usable data for it: check it is the right file")
+    lo, hi = catalog.bounds(name)
+    out = finite & ((values < lo) | (values > hi))
+    if out.any():
+        i = int(np.flatnonzero(out)[0])
+        raise DataError(
+            f"{path.name}: row {i + 2}: {col} = {values[i]:g} outside the plausible range [{lo:g}, {hi:g}] "
+            f"(catalogs/variables.csv valid_min/valid_max of {name}); fix the file, or the bounds if the "
+            "value is real"
+        )
+
+
 def read_oneflux(path, *, site: str | None = None, sites: pd.DataFrame | None = None, network: str | None = None) -> xr.Dataset:
     """Read one ONEFlux DD CSV into a one-site store Dataset (targets and QC).
 
@@ -86,15 +140,20 @@ def read_oneflux(path, *, site: str | None = None, sites: pd.DataFrame | None = 
     if not path.exists():
         raise MissingError(f"no such file: {path}")
     fsite, fnet, res = parse_filename(path) if site is None else (site, "other", "")
+    if _is_base(path):
+        raise SchemaError(
+            f"{path.name}: this is an AmeriFlux BASE file (half-hourly, without ONEFlux partitioning: no GPP "
+            "or RECO); download the site's AmeriFlux FLUXNET product (AMF_<SITE>_FLUXNET_FULLSET or SUBSET) "
+            "and ingest its DD file"
+        )
     if site is None and res and res != "DD":
         raise SchemaError(f"{path.name}: this is a {res} file; cbgrid reads daily (DD) ONEFlux files")
-    try:
-        df = pd.read_csv(path, dtype={"TIMESTAMP": str}, na_values=[MISSING, str(MISSING), f"{MISSING}.0"], low_memory=False)
-    except (pd.errors.ParserError, UnicodeDecodeError) as e:
-        raise SchemaError(f"{path.name}: not a readable CSV ({e})") from e
+    df = _read_table(path)
     if "TIMESTAMP" not in df.columns:
         hint = " (TIMESTAMP_START/END mark a sub-daily file; use the DD file)" if "TIMESTAMP_START" in df.columns else ""
         raise SchemaError(f"{path.name}: no TIMESTAMP column{hint}; columns start {list(df.columns[:5])}")
+    if df.empty:
+        raise DataError(f"{path.name}: the file has a header but no rows of data; re-download it")
     stamps = df["TIMESTAMP"].astype(str).str.strip()
     long = stamps.str.len() != 8
     if long.any():
@@ -120,12 +179,8 @@ def read_oneflux(path, *, site: str | None = None, sites: pd.DataFrame | None = 
         if bad.any():
             i = int(np.flatnonzero(bad)[0])
             raise SchemaError(f"{path.name}: row {i + 2}: {col} = {df[col].iloc[i]!r} is not a number")
+        _check_values(path, col, name, values)
         data[name] = values
-    qc = data[QC]
-    out = np.isfinite(qc) & ((qc < 0) | (qc > 1))
-    if out.any():
-        i = int(np.flatnonzero(out)[0])
-        raise SchemaError(f"{path.name}: row {i + 2}: {COLUMNS[QC]} = {qc[i]} outside [0, 1] (daily QC is a fraction)")
     order = np.argsort(time.to_numpy())
     time = pd.DatetimeIndex(time.to_numpy()[order])
     days = pd.date_range(time[0], time[-1], freq="D")
