@@ -143,8 +143,8 @@ class StubPredictor:
 
     features = ["temperature_2m", "surface_solar_radiation_downwards_sum"]
 
-    def __init__(self, scale: float = 1.0, window: int = 0, spread: float = 0.1):
-        self.scale, self.window, self.spread = scale, window, spread
+    def __init__(self, scale: float = 1.0, window: int = 0, spread: float = 0.1, name: str = "stub"):
+        self.scale, self.window, self.spread, self.name = scale, window, spread, name
         self.seen_days: list = []
 
     @property

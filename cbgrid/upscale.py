@@ -40,11 +40,11 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from cbgrid import evaluation, product
+from cbgrid import evaluation, manifest, product
 from cbgrid.atomic import replace_file
 from cbgrid.context import grid_context
 from cbgrid.contracts import BlockWriter, Predictor
-from cbgrid.errors import ExistsError, InputError
+from cbgrid.errors import InputError
 from cbgrid.progress import bar as progress_bar
 from cbgrid.report import ensemble_scores
 from cbgrid.runs import Run, load_run
@@ -289,7 +289,7 @@ def product_path(recipe, label: str) -> Path:
 
 
 def upscale(recipe, *, runs: Sequence | None = None, scores: pd.DataFrame | None = None, split: str | None = None,
-            scheduler=None, progress: bool = True, institution: str = "unspecified", overwrite: bool = True,
+            scheduler=None, progress: bool = True, institution: str = "unspecified", overwrite: bool = False,
             context: xr.Dataset | None = None, drivers: xr.Dataset | None = None) -> dict:
     """Run a recipe: one CF-1.8 NetCDF per period piece and a scores CSV beside them.
 
@@ -299,7 +299,9 @@ def upscale(recipe, *, runs: Sequence | None = None, scores: pd.DataFrame | None
     context: the grid context (default ``cbgrid.context.grid_context`` of the recipe grid).
     drivers: an already opened (time, lat, lon) driver Dataset on the recipe grid covering every
     output day and the spin-up (default: opened from the recipe's driver source, piece by piece).
-    Returns {'products': [paths], 'scores': csv path or None, 'diagnostics': {...}}.
+    overwrite: replace the products of another ensemble in the output folder (else refused;
+    see ``cbgrid.manifest``). Returns {'products': [paths], 'scores': csv path or None,
+    'diagnostics': {...}}.
 
     >>> res = upscale(load_recipe("products/twin-1deg-month.yaml"), runs=["runs/xgboost"])  # doctest: +SKIP
     """
@@ -307,7 +309,12 @@ def upscale(recipe, *, runs: Sequence | None = None, scores: pd.DataFrame | None
     if not runs:
         raise InputError(f"recipe {recipe.name!r} names no runs")
     out_dir = Path(recipe.output)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    with manifest.claim(out_dir, manifest.ensemble(recipe, runs), overwrite=overwrite) as claimed:
+        return _upscale(recipe, runs, claimed, out_dir, scores=scores, split=split, scheduler=scheduler,
+                        progress=progress, institution=institution, context=context, drivers=drivers)
+
+
+def _upscale(recipe, runs, claimed, out_dir, *, scores, split, scheduler, progress, institution, context, drivers) -> dict:
     lat, lon = recipe.grid.lat, recipe.grid.lon
     spin = max(history_days(r) for r in runs)  # loads the runs: a bad run folder fails here, early
     ctx = grid_context(lat, lon) if context is None else context
@@ -323,6 +330,7 @@ def upscale(recipe, *, runs: Sequence | None = None, scores: pd.DataFrame | None
         table.insert(0, "split", split or "unknown")
         with replace_file(csv) as tmp:
             table.to_csv(tmp, index=False)
+        claimed.add(csv)
     run_names = [str(r) if isinstance(r, (str, os.PathLike)) else getattr(r, "name", type(r).__name__) for r in runs]
     attrs = product.global_attrs(
         title=f"cbgrid {recipe.name}: daily GPP, RECO and NEE at {recipe.grid.resolution} degree",
@@ -338,8 +346,6 @@ def upscale(recipe, *, runs: Sequence | None = None, scores: pd.DataFrame | None
     try:
         for label, days in recipe.period.pieces():
             path = product_path(recipe, label)
-            if path.exists() and not overwrite:
-                raise ExistsError(f"{path} exists; remove it or allow overwriting")
             days_in = pd.date_range(days[0] - pd.Timedelta(days=spin), days[-1], freq="D")
             if drivers is None:
                 piece = recipe.drivers.open(recipe.grid, days_in, ctx, chunks=recipe.chunks, base=recipe.base)
@@ -355,6 +361,7 @@ def upscale(recipe, *, runs: Sequence | None = None, scores: pd.DataFrame | None
                 diags[label] = write_blocks(blocks, writer, client=client, progress=progress,
                                             desc=f"upscaling {path.name}")
             products.append(path)
+            claimed.add(path)
     finally:
         if client is not None and not hasattr(scheduler, "gather"):
             client.close()

@@ -7,7 +7,8 @@ import pandas as pd
 import pytest
 import xarray as xr
 
-from cbgrid import context, evaluation, product, schema, upscale
+from cbgrid import context, evaluation, manifest, product, schema, upscale
+from cbgrid.errors import ExistsError, InputError
 from cbgrid.grid import Grid
 from cbgrid.recipe import parse_recipe
 from cbgrid.testing import StubPredictor, banded_context
@@ -95,7 +96,9 @@ def test_upscale_writes_products_scores_and_respects_the_balance(tmp_path):
     assert float(ds["GPP_sd"].mean()) > 0
     table = pd.read_csv(res["scores"])
     assert set(table["metric"]) == {"R2", "RMSE", "nMAE"} and {"p25", "p50", "p75"} <= set(table.columns)
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["test_2020-06.nc", "test_2020-07.nc", "test_scores.csv"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        "cbgrid-products.json", "test_2020-06.nc", "test_2020-07.nc", "test_scores.csv"]
+    assert manifest.read(tmp_path / "out")["files"] == ["test_scores.csv", "test_2020-06.nc", "test_2020-07.nc"]
 
 
 def test_distributed_client_gives_the_same_product(tmp_path, grid10):
@@ -297,3 +300,36 @@ def test_earthengine_recipe_through_the_fake_xee(tmp_path, monkeypatch):
     assert prod.sizes == {"time": 3, "lat": 3, "lon": 4, "bnds": 2}
     assert prod["GPP"].notnull().all() and product.check_product(res["products"][0]) == []
     assert calls > 0  # the drivers really came through the Earth Engine path
+
+
+def test_a_product_folder_holds_one_ensemble(tmp_path, caplog):
+    g = Grid(10.0)
+    recipe = _recipe(tmp_path, start="2020-06-29", end="2020-07-02")
+    out = tmp_path / "out"
+    first = upscale.upscale(recipe, runs=[StubPredictor(window=3)], context=banded_context(g), progress=False)
+    before = {p.name: p.read_bytes() for p in first["products"]}
+    (out / ".test_2020-07.tmp-deadbeef.nc").write_bytes(b"half")  # what a SIGKILL leaves
+    other = [StubPredictor(window=3, name="other")]
+    with pytest.raises(ExistsError, match="holds the products of another ensemble .*--overwrite"):
+        upscale.upscale(recipe, runs=other, context=banded_context(g), progress=False)
+    assert {p.name: p.read_bytes() for p in first["products"]} == before  # refused: nothing touched
+    assert not list(out.glob(".*.tmp-*"))  # the leftover was removed under the lock
+    (out / "test_2020-06.png").write_bytes(b"old quicklook")
+    res = upscale.upscale(recipe, runs=other, context=banded_context(g), progress=False, overwrite=True)
+    assert manifest.read(out)["ensemble"]["runs"] == ["other"] and manifest.read(out)["complete"]
+    assert sorted(p.name for p in out.iterdir()) == ["cbgrid-products.json", "test_2020-06.nc", "test_2020-07.nc"]
+    assert [p.name for p in res["products"]] == list(before)
+    # the same ensemble again rewrites its own files without --overwrite
+    upscale.upscale(recipe, runs=other, context=banded_context(g), progress=False)
+    (out / "stray.nc").write_bytes(b"")
+    manifest_path = out / manifest.NAME
+    manifest_path.unlink()
+    with pytest.raises(ExistsError, match="files no manifest accounts for"):
+        upscale.upscale(recipe, runs=other, context=banded_context(g), progress=False)
+
+
+def test_output_folder_that_is_a_file(tmp_path):
+    recipe = _recipe(tmp_path, start="2020-06-29", end="2020-06-30")
+    (tmp_path / "out").write_text("not a folder")
+    with pytest.raises(InputError, match="is a file; give --output a folder"):
+        upscale.upscale(recipe, runs=[StubPredictor(window=3)], context=banded_context(Grid(10.0)), progress=False)

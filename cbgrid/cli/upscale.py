@@ -23,6 +23,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="dask.distributed scheduler address (e.g. tcp://10.0.0.5:8786); default: local threads")
     p.add_argument("--institution", default="unspecified", help="the product's `institution` attribute")
     p.add_argument("--no-quicklook", action="store_true", help="skip the quicklook PNGs")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the products of another ensemble in the output folder (refused otherwise)")
     p.add_argument("--truth", action="store_true",
                    help="twin drivers only: compare the maps with the twin's true fluxes and print R2/bias")
     p.set_defaults(func=cmd_upscale)
@@ -50,7 +52,7 @@ def cmd_upscale(args) -> int:
     if args.truth and recipe.drivers.name != "twin":
         raise InputError(f"--truth needs twin drivers; recipe {recipe.name!r} uses {recipe.drivers.name!r}")
     res = upscale.upscale(recipe, runs=args.runs, scheduler=args.scheduler, institution=args.institution,
-                          progress=not args.quiet)
+                          progress=not args.quiet, overwrite=args.overwrite)
     looks = [] if args.no_quicklook else [png for p in res["products"] for png in plots.quicklooks(p)]
     print_result(res, looks)
     if args.truth:
