@@ -23,11 +23,11 @@ import numpy as np
 import pandas as pd
 
 from cbgrid import catalog, models, pipeline, schema
-from cbgrid.errors import InputError, MissingError
+from cbgrid.errors import DataError, InputError, MissingError
 from cbgrid.models import ModelSpec
 from cbgrid.pipeline import Prepared, Scaler, TrainingData
 from cbgrid.progress import bar as progress_bar
-from cbgrid.schema import TARGETS
+from cbgrid.schema import TARGETS, SchemaError
 from cbgrid.windows import last_step_days
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -285,7 +285,18 @@ class NetworkMember:
         p = Path(f"{stem}.pt")
         if not p.exists():
             raise MissingError(f"the run lacks network weights {p}")
-        self.net.load_state_dict(torch.load(p, map_location=self.device, weights_only=True))
+        try:
+            state = torch.load(p, map_location=self.device, weights_only=True)
+        except (RuntimeError, EOFError, OSError, ValueError) as e:  # torch's errors for a damaged file
+            raise DataError(f"{p}: not readable network weights ({' '.join(str(e).split())[:160]}); retrain the run") from e
+        try:
+            self.net.load_state_dict(state)
+        except RuntimeError as e:  # missing/unexpected keys or shape mismatch
+            first = next((line.strip() for line in str(e).splitlines()[1:] if line.strip()), str(e))
+            raise SchemaError(
+                f"{p}: the weights do not match the network its run's config.json describes ({first[:200]}); "
+                "restore the run's config.json or retrain the run"
+            ) from e
         self.net.eval()
         return self
 

@@ -36,14 +36,14 @@ import xarray as xr
 
 from cbgrid import models, pipeline, schema, splits
 from cbgrid.atomic import replace_dir
-from cbgrid.errors import InputError, MissingError
+from cbgrid.errors import DataError, InputError, MissingError
 from cbgrid.members import MEMBERS
 from cbgrid.pipeline import Prepared, Scaler, Weights, WindowSpec
 from cbgrid.progress import bar as progress_bar
 from cbgrid.protocol import Protocol, TrainConfig
 from cbgrid.protocol import get as protocol_rules
 from cbgrid.runtime import resolve_device
-from cbgrid.schema import SITE, TARGETS, TIME
+from cbgrid.schema import SITE, TARGETS, TIME, SchemaError
 
 log = logging.getLogger(__name__)
 
@@ -258,6 +258,24 @@ def predictions_dataset(ds: xr.Dataset, mean: np.ndarray, std: np.ndarray, confi
     return out
 
 
+def read_json(path: Path) -> dict:
+    """A run's JSON file, or SchemaError naming it when it is cut off or not JSON."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise SchemaError(f"{path}: not readable JSON ({e}); the run is damaged: retrain it") from e
+
+
+def open_netcdf(path: Path) -> xr.Dataset:
+    """A NetCDF file loaded into memory, or DataError naming it when it is cut off or damaged."""
+    try:
+        with xr.open_dataset(path) as ds:
+            return ds.load()
+    except (OSError, ValueError, RuntimeError, KeyError) as e:  # netCDF4/HDF5 report damage as any of these
+        raise DataError(f"{path}: not a readable NetCDF file ({' '.join(str(e).split())[:160]}); it is cut off or "
+                        "damaged: write it again (`cbgrid predict` for predictions)") from e
+
+
 def load_run(path, device: str = "auto") -> Run:
     """Load a run directory written by ``fit`` / ``cbgrid train`` onto ``device`` (default:
     CUDA when available, else the CPU, whatever device the run was trained on).
@@ -270,8 +288,10 @@ def load_run(path, device: str = "auto") -> Run:
     cfg_path = path / "config.json"
     if not cfg_path.exists():
         raise MissingError(f"{path} is not a cbgrid run: it has no config.json")
-    config = json.loads(cfg_path.read_text())
-    scaling = json.loads((path / "scaling.json").read_text())
+    config = read_json(cfg_path)
+    if not (path / "scaling.json").exists():
+        raise MissingError(f"{path} is not a complete cbgrid run: it has no scaling.json; retrain it")
+    scaling = read_json(path / "scaling.json")
     scaler = Scaler.from_dict(scaling["scaler"])
     weights = Weights.from_dict(scaling["class_weights"])
     cfg = TrainConfig.from_dict(config["train"])
@@ -282,7 +302,7 @@ def load_run(path, device: str = "auto") -> Run:
         m = MEMBERS[spec.family](spec, len(config["features"]), config["hparams"], cfg, device, seed)
         members.append(m.load(path / "members" / f"seed-{seed:02d}"))
     read = lambda name: pd.read_csv(path / name) if (path / name).exists() else None  # noqa: E731
-    preds = xr.load_dataset(path / "predictions.nc") if (path / "predictions.nc").exists() else None
+    preds = open_netcdf(path / "predictions.nc") if (path / "predictions.nc").exists() else None
     return Run(config, scaler, weights, members, read("curves.csv"), read("cv.csv"), read("split.csv"), preds, path)
 
 
@@ -358,12 +378,11 @@ def load_predictions(run_dir, store=None, split=None) -> RunPredictions:
     pred_path = run_dir / PREDICTIONS if run_dir.is_dir() else run_dir
     if not pred_path.exists():
         raise MissingError(f"{run_dir}: no {PREDICTIONS}; pass run directories written by `cbgrid train`")
-    with xr.open_dataset(pred_path) as ds:
-        predictions = ds.load()
+    predictions = open_netcdf(pred_path)
     if "prediction" not in predictions:
         raise InputError(f"{pred_path} has no 'prediction' variable (it has {list(predictions.data_vars)})")
     folder = pred_path.parent
-    config = json.loads((folder / CONFIG).read_text()) if (folder / CONFIG).exists() else {}
+    config = read_json(folder / CONFIG) if (folder / CONFIG).exists() else {}
     store = Path(store).resolve() if store else resolve_path(predictions.attrs.get("store") or config.get("store"), folder)
     if split is None and (folder / SPLIT).exists():
         split = (folder / SPLIT).resolve()

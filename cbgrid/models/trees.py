@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from cbgrid import catalog
-from cbgrid.errors import InputError, MissingError
+from cbgrid.errors import DataError, InputError, MissingError
 from cbgrid.schema import TARGETS
 
 log = logging.getLogger(__name__)
@@ -124,5 +124,9 @@ class TreeModel:
             p = m._path(stem, target)
             if not p.exists():
                 raise MissingError(f"the run lacks tree file {p}")
-            m.boosters.append(m.load_one(p))
+            try:
+                m.boosters.append(m.load_one(p))
+            except Exception as e:  # each library raises its own error type for an unreadable model file
+                raise DataError(f"{p}: not a readable {cls.__name__} model ({' '.join(str(e).split())[:160]}); "
+                                "the file is damaged or from another library version: retrain the run") from e
         return m
