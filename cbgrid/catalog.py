@@ -121,6 +121,36 @@ def _sites() -> pd.DataFrame:
     return pd.read_csv(path("sites.csv"), keep_default_na=False, na_values={"lat": [""], "lon": [""], "elevation_m": [""]})
 
 
+SITE_TABLE_COLUMNS = ("site", "lat", "lon", "igbp")
+
+
+def read_site_table(path) -> pd.DataFrame:
+    """A user's site table (CSV with columns site, lat, lon, igbp; koppen, koppen_detailed,
+    network optional), or an error naming the file and what it lacks."""
+    path = Path(path)
+    if not path.is_file():
+        raise MissingError(f"no site table at {path}")
+    try:
+        df = pd.read_csv(path, keep_default_na=False, dtype={"site": str})
+    except pd.errors.EmptyDataError as e:
+        raise InputError(f"{path}: the site table is empty; write a header site,lat,lon,igbp and one row per site") from e
+    except (pd.errors.ParserError, UnicodeDecodeError) as e:
+        raise InputError(f"{path}: not a readable CSV ({' '.join(str(e).split())[:160]})") from e
+    missing = [c for c in SITE_TABLE_COLUMNS if c not in df.columns]
+    if missing:
+        raise InputError(f"{path}: the site table lacks column(s) {missing}; it needs {list(SITE_TABLE_COLUMNS)} "
+                         "(koppen, koppen_detailed, network optional)")
+    for c in ("lat", "lon"):
+        values = pd.to_numeric(df[c], errors="coerce")
+        lim = 90 if c == "lat" else 180
+        bad = values.isna() | (values.abs() > lim)
+        if bad.any():
+            i = int(bad.to_numpy().nonzero()[0][0])
+            raise InputError(f"{path}: row {i + 2}: {c} = {df[c].iloc[i]} is not a {c} in [-{lim}, {lim}] degrees")
+        df[c] = values
+    return df
+
+
 def sites() -> pd.DataFrame:
     """The site catalog: site, country, lat, lon, elevation_m, igbp, koppen, koppen_detailed, network."""
     return _sites().copy()

@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 import logging
 import math
+import pickle
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -287,7 +288,7 @@ class NetworkMember:
             raise MissingError(f"the run lacks network weights {p}")
         try:
             state = torch.load(p, map_location=self.device, weights_only=True)
-        except (RuntimeError, EOFError, OSError, ValueError) as e:  # torch's errors for a damaged file
+        except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError) as e:  # a damaged file
             raise DataError(f"{p}: not readable network weights ({' '.join(str(e).split())[:160]}); retrain the run") from e
         try:
             self.net.load_state_dict(state)

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING
 import pandas as pd
 import yaml
 
-from cbgrid import sources
+from cbgrid import schema, sources
 from cbgrid.errors import InputError, MissingError
 from cbgrid.grid import Grid
 
@@ -144,10 +144,8 @@ def parse_recipe(doc: dict, source_file: Path | None = None) -> Recipe:
         if abs(span / res - round(span / res)) > 1e-6:
             raise RecipeError(f"{where}: the region's {nm} span {span} is not a multiple of the resolution {res}")
     p = check_keys(_need(doc, "period", where), PERIOD_KEYS, f"{where}: period")
-    try:
-        start, end = pd.Timestamp(_need(p, "start", f"{where}: period")), pd.Timestamp(_need(p, "end", f"{where}: period"))
-    except (ValueError, TypeError) as e:
-        raise RecipeError(f"{where}: period start/end must be dates like 2020-07-01 ({e})") from e
+    start = schema.date(_need(p, "start", f"{where}: period"), f"{where}: period.start")
+    end = schema.date(_need(p, "end", f"{where}: period"), f"{where}: period.end")
     if end < start:
         raise RecipeError(f"{where}: period.end {end.date()} is before period.start {start.date()}")
     per = p.get("per", "month")

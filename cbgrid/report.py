@@ -90,6 +90,12 @@ def score_ensemble(members: list[RunPredictions], key, *, min_days: int | None =
     ens = ev.ensemble(preds)
     log.info("%s: scoring %s", "/".join(key), f"the mean of {len(preds)} runs" if len(preds) > 1 else "1 run")
     scores = ev.evaluate(ens, store, split, min_days=min_days)
+    if not bool(np.isfinite(scores["score"]).any()):
+        raise InputError(
+            f"{'/'.join(key)}: no test site has the {min_days} QC = 1 days with predictions it needs to be "
+            f"scored ({scores.sizes.get('site', 0)} test site(s)); lower --min-days, or check the runs predicted the "
+            "test sites of this store"
+        )
     scores.attrs["ensemble_size"] = len(preds)
     scores.attrs["store"] = str(store_path)
     scores.attrs["split_file"] = str(split_path)

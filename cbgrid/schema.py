@@ -75,6 +75,29 @@ class SchemaError(InputError):
     """A dataset, file or argument does not follow the cbgrid store schema."""
 
 
+FIRST_YEAR, LAST_YEAR = 1950, 2100  # ERA5-Land begins in 1950
+
+
+def date(value, what: str) -> pd.Timestamp:
+    """``value`` (``YYYY-MM-DD``, a date or a Timestamp) as a day; InputError naming ``what``
+    for anything else, or a year outside 1950..2100 (a typo, not a flux period).
+
+    >>> date("2020-07-01", "period.start")
+    Timestamp('2020-07-01 00:00:00')
+    >>> date("July", "period.start")
+    Traceback (most recent call last):
+    ...
+    cbgrid.errors.InputError: period.start: cannot read 'July' as a date; write YYYY-MM-DD
+    """
+    try:
+        t = pd.to_datetime(str(value).strip(), format="ISO8601")
+    except (ValueError, TypeError) as e:
+        raise InputError(f"{what}: cannot read {str(value)!r} as a date; write YYYY-MM-DD") from e
+    if pd.isna(t) or not FIRST_YEAR <= t.year <= LAST_YEAR:
+        raise InputError(f"{what}: {str(value)!r} is not a date in {FIRST_YEAR}..{LAST_YEAR}; write YYYY-MM-DD")
+    return t.normalize()
+
+
 def days(start, end, what: str = "--start/--end") -> pd.DatetimeIndex:
     """The daily axis ``start``..``end`` (inclusive); InputError naming ``what`` when a date does
     not parse or ``start`` is after ``end``.
@@ -86,10 +109,7 @@ def days(start, end, what: str = "--start/--end") -> pd.DatetimeIndex:
     ...
     cbgrid.errors.InputError: --start/--end: the start 2021-01-01 is after the end 2020-01-01; swap them
     """
-    try:
-        first, last = pd.Timestamp(start), pd.Timestamp(end)
-    except (ValueError, TypeError) as e:
-        raise InputError(f"{what}: cannot read {start!r}..{end!r} as dates (write YYYY-MM-DD)") from e
+    first, last = date(start, what), date(end, what)
     if first > last:
         raise InputError(f"{what}: the start {first.date()} is after the end {last.date()}; swap them")
     return pd.date_range(first, last, freq="D")

@@ -153,6 +153,14 @@ def check_config(cfg: TrainConfig) -> TrainConfig:
         raise InputError(f"val_fraction is {cfg.val_fraction}; it must be in [0, 1)")
     if cfg.horizon > cfg.window:
         raise InputError(f"horizon {cfg.horizon} exceeds the window of {cfg.window} days")
+    hp = dict(cfg.hparams or {})
+    for name in ("hidden", "layers", "heads", "patch"):
+        if name in hp and (not isinstance(hp[name], int) or isinstance(hp[name], bool) or hp[name] < 1):
+            raise InputError(f"{name} is {hp[name]!r}; it must be a whole number >= 1 (--{name})")
+    if "dropout" in hp and not 0 <= hp["dropout"] < 1:
+        raise InputError(f"dropout is {hp['dropout']}; it must be in [0, 1) (--dropout)")
+    if "lr" in hp and not hp["lr"] > 0:
+        raise InputError(f"lr is {hp['lr']}; the learning rate must be > 0 (--lr)")
     return cfg
 
 

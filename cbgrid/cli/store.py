@@ -6,9 +6,7 @@ import argparse
 import logging
 from pathlib import Path
 
-import pandas as pd
-
-from cbgrid import schema, sources, splits, store
+from cbgrid import catalog, schema, sources, splits, store
 from cbgrid.sources import twin
 
 log = logging.getLogger(__name__)
@@ -53,7 +51,7 @@ def cmd_twin(args) -> int:
 
 
 def cmd_ingest(args) -> int:
-    sites = pd.read_csv(args.sites, keep_default_na=False) if args.sites else None
+    sites = catalog.read_site_table(args.sites) if args.sites else None
     source = sources.site_source_for(args.files)
     new = source().read(args.files, sites=sites)
     result = store.merge(new, args.out, period=(args.start, args.end), progress=not args.quiet)

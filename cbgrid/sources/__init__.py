@@ -62,7 +62,7 @@ def site_source_for(paths) -> type:
         raise MissingError(f"no such file or folder: {', '.join(missing[:5])}")
     hits = [cls for cls in _SITES.values() if cls.recognizes(paths)]
     if not hits:
-        raise InputError(f"{', '.join(p.name for p in paths[:3])}{' ...' if len(paths) > 3 else ''}: not a layout "
+        raise InputError(f"{', '.join(str(p) for p in paths[:3])}{' ...' if len(paths) > 3 else ''}: not a layout "
                          f"cbgrid ingests ({', '.join(_SITES)}); see `cbgrid ingest --help`")
     return hits[0]
 
