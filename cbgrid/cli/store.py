@@ -24,12 +24,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace an existing store (only once the new one is complete)")
     p.set_defaults(func=cmd_twin)
 
-    p = sub.add_parser("ingest", help="build or extend a store from ONEFlux daily (DD) CSV files")
-    p.add_argument("files", nargs="+", type=Path, help="ONEFlux DD files (FLUXNET2015, AmeriFlux-FLUXNET, ICOS, JapanFlux)")
+    p = sub.add_parser("ingest", help="build or extend a store from ONEFlux daily (DD) CSV files or the published "
+                                      "CarbonBench folder")
+    p.add_argument("files", nargs="+", type=Path,
+                   help="ONEFlux DD files (FLUXNET2015, AmeriFlux-FLUXNET, ICOS, JapanFlux), or one folder of the "
+                        "published CarbonBench data (target_fluxes_v2.parquet, MOD09GA.parquet, ERA5.parquet, ...)")
     p.add_argument("--out", required=True, type=Path, help="store to create, or to add the sites to")
     p.add_argument("--sites", type=Path, default=None, help="site table CSV (site, lat, lon, igbp, koppen) for sites not in the catalog")
     p.add_argument("--start", default="2000-02-24", help="first day of a new store's time axis")
     p.add_argument("--end", default="2024-12-31", help="last day of a new store's time axis")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace values the store already has for these sites (a CarbonBench folder: rebuild the "
+                        "store, swapped in only once complete)")
     p.set_defaults(func=cmd_ingest)
 
     p = sub.add_parser("info", help="summarise a store: sites, period, variables, classes, observations, QC")
@@ -55,8 +61,8 @@ def cmd_twin(args) -> int:
 def cmd_ingest(args) -> int:
     sites = pd.read_csv(args.sites, keep_default_na=False) if args.sites else None
     source = sources.site_source_for(args.files)
-    new = source().read(args.files, sites=sites)
-    result = store.merge(new, args.out, period=(args.start, args.end), progress=not args.quiet)
+    result = source().write(args.files, args.out, sites=sites, period=(args.start, args.end),
+                            overwrite=args.overwrite, progress=not args.quiet)
     log.info("%s %s from %s: %d site(s) added", "created" if result["created"] else "updated", args.out,
              source.name, result["sites_added"])
     print_summary(store.open_store(args.out), args.out)

@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from cbgrid import catalog, context, schema
+from cbgrid import catalog, context, schema, store
 from cbgrid.errors import InputError, MissingError
 from cbgrid.schema import GPP, NEE, QC, RECO, SchemaError
 from cbgrid.sources import register_site_source
@@ -167,3 +167,7 @@ class OneFluxFiles:
 
     def read(self, paths: list[Path], *, sites: pd.DataFrame | None = None) -> xr.Dataset:
         return read_many(paths, sites=sites)
+
+    def write(self, paths: list[Path], out, *, sites: pd.DataFrame | None = None, period=None,
+              overwrite: bool = False, progress: bool = True) -> dict:
+        return store.merge(self.read(paths, sites=sites), out, period=period, overwrite=overwrite, progress=progress)
