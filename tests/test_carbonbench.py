@@ -183,3 +183,22 @@ def test_an_interrupted_import_leaves_the_old_store_intact(folder, tmp_path, mon
         assert back.site.values.tolist() == old.site.values.tolist()
         np.testing.assert_array_equal(back[GPP].values, old[GPP].values)
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".s.zarr.")) in ([], [".s.zarr.lock"])
+
+
+def test_reference_split_of_the_imported_store_is_split_targets_on_the_raw_tables(folder, imported, tmp_path, capsys):
+    from sklearn.model_selection import train_test_split
+
+    from cbgrid import splits
+
+    rows, _ = reference_rows(folder["path"])
+    site_meta = rows.groupby("site").agg({"Koppen": "first", "IGBP": "first"}).reset_index()
+    _, want = train_test_split(site_meta.site, test_size=0.2, stratify=site_meta.Koppen, random_state=56)
+    ds, _ = imported
+    got = splits.make_split(ds, by="koppen", method="reference")
+    assert sorted(splits.test_sites(got)) == sorted(want)
+    path = tmp_path / "s.zarr"
+    store.write_store(ds, path, progress=False)
+    assert main(["-q", "split", str(path), "--by", "koppen", "--method", "reference"]) == 0
+    written = splits.read_split(tmp_path / "splits" / "koppen-reference.csv")
+    assert sorted(splits.test_sites(written)) == sorted(want)
+    assert "split written to" in capsys.readouterr().out

@@ -45,6 +45,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("split", help="write the train/test site membership (and 5 CV folds) as CSV")
     p.add_argument("store", type=Path)
     p.add_argument("--by", required=True, choices=splits.KINDS)
+    p.add_argument("--method", default="cbgrid", choices=splits.METHODS,
+                   help="cbgrid's stratified draw (default) or the reference implementation's exactly (scikit-learn "
+                        "train_test_split, random_state 56; --seed is then ignored)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=None, help="CSV path (default: splits/<by>-seed<seed>.csv beside the store)")
     p.set_defaults(func=cmd_split)
@@ -77,10 +80,15 @@ def cmd_info(args) -> int:
 
 def cmd_split(args) -> int:
 
-    df = splits.make_split(store.open_store(args.store), by=args.by, seed=args.seed)
-    out = args.out or args.store.parent / "splits" / f"{args.by}-seed{args.seed}.csv"
+    df = splits.make_split(store.open_store(args.store), by=args.by, seed=args.seed, method=args.method)
+    name = f"{args.by}-reference" if args.method == "reference" and not args.by.startswith("official-") else \
+        f"{args.by}-seed{args.seed}"
+    out = args.out or args.store.parent / "splits" / f"{name}.csv"
     splits.write_split(df, out)
     print(splits.summary(df).to_string())
+    excluded = int((df["set"] == "excluded").sum())
+    if excluded:
+        print(f"{excluded} held-out site(s) without a published score excluded (neither trained on nor scored)")
     print(f"split written to {out}")
     return 0
 
