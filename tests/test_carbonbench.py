@@ -202,3 +202,27 @@ def test_reference_split_of_the_imported_store_is_split_targets_on_the_raw_table
     written = splits.read_split(tmp_path / "splits" / "koppen-reference.csv")
     assert sorted(splits.test_sites(written)) == sorted(want)
     assert "split written to" in capsys.readouterr().out
+
+
+@pytest.mark.usefixtures("torch_one_thread")
+def test_import_split_train_reference_protocol_and_report(tmp_path, capsys):
+    """The whole path on a tiny published-layout folder: ingest → reference split → reference
+    protocol XGBoost and CT-LSTM → report."""
+    d = testing.carbonbench_folder(tmp_path / "data", n_sites=28, start="2000-01-01", end="2000-12-31", seed=4)
+    st = tmp_path / "cb.zarr"
+    assert main(["-q", "ingest", str(d["path"]), "--out", str(st)]) == 0
+    assert main(["-q", "split", str(st), "--by", "koppen", "--method", "reference"]) == 0
+    split = tmp_path / "splits" / "koppen-reference.csv"
+    common = ["--store", str(st), "--split", str(split), "--protocol", "reference", "--seeds", "1", "--device", "cpu"]
+    assert main(["-q", "train", *common, "--model", "xgboost", "--patience", "2", "--out", str(tmp_path / "xgb")]) == 0
+    assert main(["-q", "train", *common, "--model", "ctlstm", "--max-epochs", "2", "--hidden", "8",
+                 "--out", str(tmp_path / "ctlstm")]) == 0
+    for run in ("xgb", "ctlstm"):
+        cfg = json.loads((tmp_path / run / "config.json").read_text())
+        assert cfg["train"]["protocol"] == "reference"
+    capsys.readouterr()
+    assert main(["evaluate", str(tmp_path / "xgb"), str(tmp_path / "ctlstm"), "--out", str(tmp_path / "report"),
+                 "--no-plots"]) == 0
+    summary = pd.read_csv(tmp_path / "report" / "summary.csv")
+    assert {"xgboost", "ctlstm"} <= set(summary["model"])
+    assert set(summary["protocol"]) == {"reference"}
