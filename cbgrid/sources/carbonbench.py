@@ -112,6 +112,17 @@ def strip_prefix(ids) -> np.ndarray:
     return np.asarray([x.split("_")[1] if len(x.split("_")) > 1 else x for x in map(str, ids)], dtype=object)
 
 
+def _stamps(col: pd.Series) -> pd.Series:
+    """``pd.to_datetime(col, format='%Y%m%d')`` for YYYYMMDD integers or strings (integers
+    without a round trip through strings); an impossible date raises ValueError."""
+    if pd.api.types.is_integer_dtype(col):
+        v = col.to_numpy(np.int64)
+        return pd.to_datetime(pd.DataFrame({"year": v // 10000, "month": v // 100 % 100, "day": v % 100}))
+    if pd.api.types.is_numeric_dtype(col):
+        col = col.astype("Int64")
+    return pd.to_datetime(col.astype(str), format="%Y%m%d")
+
+
 def read_targets(path, koppen: dict, koppen_short: dict) -> tuple[pd.DataFrame, dict]:
     """The reference's target rows: (rows, report) — see the module doc for the rules.
 
@@ -127,31 +138,30 @@ def read_targets(path, koppen: dict, koppen_short: dict) -> tuple[pd.DataFrame, 
         raise InputError(f"{path}: target table lacks column(s) {missing}; it has {names[:12]}"
                          f"{' ...' if len(names) > 12 else ''}")
     cols = list(TARGET_COLUMNS) + (["network"] if "network" in names else [])
-    df = pq.read_table(path, columns=cols).to_pandas()
-    df = df.replace(MISSING, np.nan)
+    # site ids as categories: a few hundred strings instead of one object per row
+    df = pq.read_table(path, columns=cols).to_pandas(strings_to_categorical=True)
+    num = [c for c in ("lat", "lon", GPP, RECO, NEE, QC) if pd.api.types.is_numeric_dtype(df[c])]
+    df[num] = df[num].mask(df[num] == MISSING)
     try:
-        stamps = df["TIMESTAMP"]
-        if pd.api.types.is_numeric_dtype(stamps):  # what pandas does with integers and a format
-            stamps = stamps.astype("Int64").astype(str)
-        df["TIMESTAMP"] = pd.to_datetime(stamps, format="%Y%m%d")
+        df["TIMESTAMP"] = _stamps(df["TIMESTAMP"])
     except (ValueError, TypeError) as e:
         raise DataError(f"{path}: column TIMESTAMP is not YYYYMMDD ({e})") from e
     df = df.rename(columns={"TIMESTAMP": "date"})
     n_rows = len(df)
-    df["site"] = df["site"].astype(str)
     if "network" not in df:
+        df["site"] = df["site"].astype(str)
         # the earlier table: prefixed ids; the v2 table was made from it by these three steps
         df["network"] = [x.split("_")[0] for x in df["site"].to_numpy()]
         df["site"] = [x.split("_")[1] if "_" in x else x for x in df["site"].to_numpy()]
         df = df.loc[df[["date", "site"]].drop_duplicates().index]
-    all_sites = set(df["site"])
+    all_sites = set(map(str, df["site"].unique()))
     df = df[df["date"] >= START]
     df["lat"], df["lon"] = np.round(df["lat"].to_numpy(float), 3), np.round(df["lon"].to_numpy(float), 3)
-    df["Koppen"] = df["site"].map(koppen)
-    df["Koppen_short"] = df["site"].map(koppen_short)
+    df["Koppen"] = df["site"].map(koppen).astype(object)
+    df["Koppen_short"] = df["site"].map(koppen_short).astype(object)
     keep = ["date", "site", "lat", "lon", "IGBP", "Koppen", "Koppen_short", GPP, RECO, NEE, QC]
     rows = df[keep + ["network"]][df[keep].notna().all(axis=1)]
-    kept = set(rows["site"])
+    kept = set(map(str, rows["site"].unique()))
     no_koppen = sorted(s for s in all_sites if s not in koppen or s not in koppen_short)
     other = sorted(all_sites - kept - set(no_koppen))
     dup = rows.duplicated(["date", "site"])
@@ -161,12 +171,17 @@ def read_targets(path, koppen: dict, koppen_short: dict) -> tuple[pd.DataFrame, 
         rows = rows[~dup]
     report = {"target_rows": n_rows, "rows_kept": len(rows), "sites_in_table": len(all_sites),
               "sites_kept": len(kept), "dropped_no_koppen": no_koppen, "dropped_no_rows": other}
-    return rows.reset_index(drop=True), report
+    rows = rows.reset_index(drop=True)
+    rows["site"] = rows["site"].astype(str).astype("category") if rows["site"].dtype != "category" else \
+        rows["site"].cat.remove_unused_categories()
+    return rows, report
 
 
 def _site_table(rows: pd.DataFrame) -> pd.DataFrame:
-    first = rows.groupby("site", sort=True).first()
-    varying = rows.groupby("site")[["lat", "lon"]].nunique().max(axis=1)
+    first = rows.groupby("site", sort=True, observed=True).first()
+    first.index = first.index.astype(str)
+    first = first.sort_index()
+    varying = rows.groupby("site", observed=True)[["lat", "lon"]].nunique().max(axis=1)
     if (varying > 1).any():
         log.warning("site(s) %s have several lat/lon in the target table; the store keeps the first",
                     varying[varying > 1].index.tolist()[:5])
@@ -334,7 +349,8 @@ class CarbonBenchImport:
 
     def targets(self) -> dict[str, np.ndarray]:
         """(S, T) GPP, RECO, NEE, QC on the kept rows; NaN on every other day."""
-        s = self.sites["site"].pipe(pd.Index).get_indexer(self.rows["site"])
+        site = self.rows["site"]
+        s = pd.Index(self.sites["site"]).get_indexer(site.cat.categories.astype(str))[site.cat.codes.to_numpy()]
         d = self.days.get_indexer(self.rows["date"])
         out = {}
         for v in (GPP, RECO, NEE, QC):
@@ -356,26 +372,24 @@ class CarbonBenchImport:
                 log.warning("%s: no rows for %d target site(s): %s", table.path.name, len(lacking), ", ".join(lacking[:20]))
 
     def first_part(self) -> xr.Dataset:
-        """Targets and MODIS features as a store Dataset (the part written first)."""
+        """The targets and QC as a store Dataset (the part written first)."""
         self.check_features()
-        data = self.targets()
-        block = self.modis.scatter(self.modis_columns)
-        data.update({c: block[j] for j, c in enumerate(self.modis_columns)})
-        ds = schema.site_dataset(data, self.sites, self.days)
+        ds = schema.site_dataset(self.targets(), self.sites, self.days)
         ds.attrs["source"] = f"CarbonBench published data {self.files['targets'].name} ({self.folder})"
         return ds
 
-    def era5_parts(self) -> Iterator[xr.Dataset]:
-        """The ERA5 columns as store Datasets, a memory budget's worth at a time."""
-        for group in self.era5.groups(self.era5_columns, self.budget_mb):
-            yield schema.site_dataset(group, self.sites, self.days)
+    def feature_parts(self) -> Iterator[xr.Dataset]:
+        """The MODIS then the ERA5 columns as store Datasets, a memory budget's worth at a time."""
+        for table, columns in ((self.modis, self.modis_columns), (self.era5, self.era5_columns)):
+            for group in table.groups(columns, self.budget_mb):
+                yield schema.site_dataset(group, self.sites, self.days)
 
 
 def read_folder(folder, *, progress: bool = True) -> xr.Dataset:
     """The whole import in memory (small folders, tests): one store Dataset."""
     imp = CarbonBenchImport(folder, progress=progress, budget_mb=float("inf"))
     ds = imp.first_part()
-    for part in imp.era5_parts():
+    for part in imp.feature_parts():
         ds = ds.assign(part.data_vars)
     return ds
 
@@ -410,7 +424,7 @@ def _build(imp: CarbonBenchImport, path: Path, progress: bool) -> None:
     if path.exists():
         raise ExistsError(f"{path} exists")
     store.merge(imp.first_part(), path, progress=progress)
-    for part in imp.era5_parts():
+    for part in imp.feature_parts():
         store.add_variables(part, path)
 
 
