@@ -2,8 +2,8 @@
 
 The real tables: 474 sites x 25 years (2000-2024) daily, ERA5.parquet with 150 feature columns
 (~5 GB), MOD09GA.parquet with 12, the target table with 9 columns. This script writes
-synthetic tables of that shape for ``fraction`` of the sites (row groups of ~one site-year, as
-pyarrow writes them, float64 values, prefixed site ids, rows out of order), then imports each
+synthetic tables of that shape for ``fraction`` of the sites (row groups of 12 sites' records,
+~110,000 rows, float64 values, prefixed site ids, rows out of order), then imports each
 size with ``cbgrid.sources.carbonbench.write_folder`` in its own process (so the peak resident
 memory is that import's alone), and prints wall time, peak RSS, the ratio of the two sizes
 (peak RSS should stay flat: ERA5 is streamed by row group within a fixed memory budget) and
@@ -27,7 +27,7 @@ FULL_SITES = 474
 START, END = "2000-01-01", "2024-12-31"
 
 
-def write_tables(folder: Path, n_sites: int, seed: int = 0) -> dict:
+def write_tables(folder: Path, n_sites: int, seed: int = 0, sites_per_group: int = 12) -> dict:
     """Synthetic published-layout tables for ``n_sites`` sites, written site by site."""
     import numpy as np
     import pandas as pd
@@ -47,8 +47,18 @@ def write_tables(folder: Path, n_sites: int, seed: int = 0) -> dict:
     order = rng.permutation(n_sites)  # feature rows not in site order
     writers = {}
     rows = {"targets": 0, "era5": 0}
+    pending: dict[str, list] = {}
+
+    def flush():
+        for name, frames in pending.items():
+            table = pa.Table.from_pandas(pd.concat(frames, ignore_index=True), preserve_index=False)
+            if name not in writers:
+                writers[name] = pq.ParquetWriter(folder / name, table.schema)
+            writers[name].write_table(table)  # one row group per flush, ~sites_per_group site-records
+        pending.clear()
+
     try:
-        for k in order:
+        for n_done, k in enumerate(order, 1):
             s = sites[k]
             n = days.size
             t = pd.DataFrame({"TIMESTAMP": days.strftime("%Y%m%d").astype(np.int64), "site": s,
@@ -61,12 +71,12 @@ def write_tables(folder: Path, n_sites: int, seed: int = 0) -> dict:
             e = pd.DataFrame({"date": date, "site": f"FLX_{s}", **{c: rng.normal(0, 1, n) for c in era5}})
             m = pd.DataFrame({"date": date, "site": f"FLX_{s}", **{c: rng.random(n) for c in modis}})
             for name, df in (("target_fluxes_v2.parquet", t), ("ERA5.parquet", e), ("MOD09GA.parquet", m)):
-                table = pa.Table.from_pandas(df, preserve_index=False)
-                if name not in writers:
-                    writers[name] = pq.ParquetWriter(folder / name, table.schema)
-                writers[name].write_table(table, row_group_size=366)
+                pending.setdefault(name, []).append(df)
             rows["targets"] += n
             rows["era5"] += n
+            if n_done % sites_per_group == 0:
+                flush()
+        flush()
     finally:
         for w in writers.values():
             w.close()

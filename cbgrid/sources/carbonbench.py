@@ -71,6 +71,10 @@ NETWORK_CODES = {"FLX": "FLUXNET2015", "AMF": "AmeriFlux", "ICOS": "ICOS", "ICOS
                  "JPF": "JapanFlux"}
 #: Default memory for one pass of scattered feature columns.
 BUDGET_MB = 128
+#: Rows read from a table at a time.
+BATCH_ROWS = 65_536
+#: Resident bytes per value while pyarrow decodes a float64 column chunk (measured: ~44).
+DECODE_BYTES = 48
 
 
 def layout(folder) -> dict[str, Path]:
@@ -123,74 +127,148 @@ def _stamps(col: pd.Series) -> pd.Series:
     return pd.to_datetime(col.astype(str), format="%Y%m%d")
 
 
-def read_targets(path, koppen: dict, koppen_short: dict) -> tuple[pd.DataFrame, dict]:
-    """The reference's target rows: (rows, report) — see the module doc for the rules.
+def _koppen_of(sites: np.ndarray, mapping: dict) -> np.ndarray:
+    """``Series.map(mapping)`` for an array of ids: the class or None."""
+    return np.asarray([mapping.get(x) for x in sites], dtype=object)
 
-    ``rows`` has columns date, site, lat, lon, IGBP, Koppen, Koppen_short, network, the three
-    targets and QC, in file order. ``report`` counts and names what was dropped.
+
+def read_targets(path, koppen: dict, koppen_short: dict, *, batch_rows: int = BATCH_ROWS,
+                 progress: bool = True) -> tuple[pd.DataFrame, pd.DatetimeIndex, dict, dict]:
+    """The reference's target rows, streamed: (sites, days, arrays, report).
+
+    ``sites``: the site table of the sites with kept rows, sorted, with IGBP, lat, lon and network
+    of each site's first kept row and its two Köppen classes; ``days``: from ``WINDOW - 1`` days
+    before 2000-02-24 to the last kept day; ``arrays``: (S, T) float32 GPP, RECO, NEE and QC on
+    the kept rows, NaN elsewhere; ``report``: counts and the names of dropped sites.
+
+    Two passes of ``batch_rows`` rows: the site ids and dates (for the axes), then every needed
+    column, each batch's rows filtered by the reference's rules and scattered into the arrays.
     """
     import pyarrow.parquet as pq
 
     path = Path(path)
-    names = pq.ParquetFile(path).schema_arrow.names
+    pf = pq.ParquetFile(path)
+    names = pf.schema_arrow.names
     missing = [c for c in TARGET_COLUMNS if c not in names]
     if missing:
         raise InputError(f"{path}: target table lacks column(s) {missing}; it has {names[:12]}"
                          f"{' ...' if len(names) > 12 else ''}")
-    cols = list(TARGET_COLUMNS) + (["network"] if "network" in names else [])
-    # site ids as categories: a few hundred strings instead of one object per row
-    df = pq.read_table(path, columns=cols).to_pandas(strings_to_categorical=True)
-    num = [c for c in ("lat", "lon", GPP, RECO, NEE, QC) if pd.api.types.is_numeric_dtype(df[c])]
-    df[num] = df[num].mask(df[num] == MISSING)
-    try:
-        df["TIMESTAMP"] = _stamps(df["TIMESTAMP"])
-    except (ValueError, TypeError) as e:
-        raise DataError(f"{path}: column TIMESTAMP is not YYYYMMDD ({e})") from e
-    df = df.rename(columns={"TIMESTAMP": "date"})
-    n_rows = len(df)
-    if "network" not in df:
-        df["site"] = df["site"].astype(str)
-        # the earlier table: prefixed ids; the v2 table was made from it by these three steps
-        df["network"] = [x.split("_")[0] for x in df["site"].to_numpy()]
-        df["site"] = [x.split("_")[1] if "_" in x else x for x in df["site"].to_numpy()]
-        df = df.loc[df[["date", "site"]].drop_duplicates().index]
-    all_sites = set(map(str, df["site"].unique()))
-    df = df[df["date"] >= START]
-    df["lat"], df["lon"] = np.round(df["lat"].to_numpy(float), 3), np.round(df["lon"].to_numpy(float), 3)
-    df["Koppen"] = df["site"].map(koppen).astype(object)
-    df["Koppen_short"] = df["site"].map(koppen_short).astype(object)
-    keep = ["date", "site", "lat", "lon", "IGBP", "Koppen", "Koppen_short", GPP, RECO, NEE, QC]
-    rows = df[keep + ["network"]][df[keep].notna().all(axis=1)]
-    kept = set(map(str, rows["site"].unique()))
-    no_koppen = sorted(s for s in all_sites if s not in koppen or s not in koppen_short)
-    other = sorted(all_sites - kept - set(no_koppen))
-    dup = rows.duplicated(["date", "site"])
-    if dup.any():
-        log.warning("%s: %d duplicated (date, site) target row(s), e.g. %s %s; the first is kept", path.name,
-                    int(dup.sum()), rows.loc[dup, "site"].iloc[0], rows.loc[dup, "date"].iloc[0].date())
-        rows = rows[~dup]
-    report = {"target_rows": n_rows, "rows_kept": len(rows), "sites_in_table": len(all_sites),
-              "sites_kept": len(kept), "dropped_no_koppen": no_koppen, "dropped_no_rows": other}
-    rows = rows.reset_index(drop=True)
-    rows["site"] = rows["site"].astype(str).astype("category") if rows["site"].dtype != "category" else \
-        rows["site"].cat.remove_unused_categories()
-    return rows, report
+    v1 = "network" not in names
+    cols = list(TARGET_COLUMNS) + ([] if v1 else ["network"])
 
+    def batches(columns, desc):
+        with bar(total=pf.metadata.num_rows, desc=f"{path.name}: {desc}", unit="row", progress=progress) as b:
+            for batch in pf.iter_batches(batch_size=batch_rows, columns=columns, use_threads=False):
+                yield batch.to_pandas()
+                b.update(batch.num_rows)
 
-def _site_table(rows: pd.DataFrame) -> pd.DataFrame:
-    first = rows.groupby("site", sort=True, observed=True).first()
-    first.index = first.index.astype(str)
-    first = first.sort_index()
-    varying = rows.groupby("site", observed=True)[["lat", "lon"]].nunique().max(axis=1)
-    if (varying > 1).any():
-        log.warning("site(s) %s have several lat/lon in the target table; the store keeps the first",
-                    varying[varying > 1].index.tolist()[:5])
-    return pd.DataFrame({
-        "site": first.index.astype(str), "lat": first["lat"].to_numpy(float), "lon": first["lon"].to_numpy(float),
-        "igbp": first["IGBP"].astype(str).to_numpy(), "koppen": first["Koppen"].astype(str).to_numpy(),
-        "koppen_detailed": first["Koppen_short"].astype(str).to_numpy(),
-        "network": [NETWORK_CODES.get(str(n).upper(), "other") for n in first["network"]],
+    def ids(raw: pd.Series) -> tuple[np.ndarray, np.ndarray]:
+        raw = raw.astype(str).to_numpy()
+        return (np.asarray([x.split("_")[1] if "_" in x else x for x in raw], dtype=object),
+                np.asarray([x.split("_")[0] for x in raw], dtype=object)) if v1 else (raw, None)
+
+    def parse(col: pd.Series) -> pd.Series:
+        try:
+            return _stamps(col)
+        except (ValueError, TypeError) as e:
+            raise DataError(f"{path}: column TIMESTAMP is not YYYYMMDD ({e})") from e
+
+    # pass 1: which sites, which days
+    all_sites: set[str] = set()
+    last = None
+    for df in batches(["TIMESTAMP", "site"], "sites and days"):
+        site, _ = ids(df["site"])
+        all_sites.update(site.tolist())
+        date = parse(df["TIMESTAMP"])
+        top = date[date >= START].max() if (date >= START).any() else None
+        last = top if last is None or (top is not None and top > last) else last
+    sites = pd.Index(sorted(all_sites))
+    if last is None:
+        raise DataError(f"{path}: no row from {START.date()} on; nothing to import")
+    days = pd.date_range(START - pd.Timedelta(days=WINDOW - 1), last, freq="D")
+    n_sites, n_days = len(sites), len(days)
+    out = np.full((4, n_sites * n_days), np.nan, np.float32)
+    seen = np.zeros(n_sites * n_days, bool)
+    first_row = {}  # site index -> (lat, lon, IGBP, network) of its first kept row
+    kop, short = _koppen_of(sites.to_numpy(), koppen), _koppen_of(sites.to_numpy(), koppen_short)
+    n_rows = n_kept = n_dup = 0
+    t0 = days[0].to_datetime64().astype("datetime64[ns]")
+    values = [GPP, RECO, NEE, QC]
+    # pass 2: the reference's rules, batch by batch
+    for df in batches(cols, "rows"):
+        n_rows += len(df)
+        site, prefix = ids(df["site"])
+        network = prefix if v1 else df["network"].astype(object).to_numpy()
+        num = {c: pd.to_numeric(df[c], errors="coerce").to_numpy(np.float64, copy=True) for c in ("lat", "lon", *values)}
+        for c in num:  # df.replace(-9999, np.nan)
+            num[c][num[c] == MISSING] = np.nan
+        date = parse(df["TIMESTAMP"]).to_numpy().astype("datetime64[ns]")
+        s = sites.get_indexer(site)
+        day = (date - t0).astype(np.int64) // 86_400_000_000_000
+        in_axis = (day >= 0) & (day < n_days)
+        flat = np.where(in_axis, s * n_days + np.clip(day, 0, n_days - 1), -1)
+        if v1:  # the v2 table was made with drop_duplicates on (TIMESTAMP, site) over every row
+            first = _first_unseen(flat, seen)
+            seen[flat[first]] = True
+            keep = np.zeros(len(df), bool)
+            keep[first] = True
+        else:
+            keep = np.ones(len(df), bool)
+        keep &= date >= START.to_datetime64()
+        lat, lon = np.round(num["lat"], 3), np.round(num["lon"], 3)
+        igbp = df["IGBP"].astype(object).to_numpy()
+        keep &= np.isfinite(lat) & np.isfinite(lon) & pd.notna(igbp) & pd.notna(kop[s]) & pd.notna(short[s])
+        for c in values:
+            keep &= np.isfinite(num[c])
+        rows = np.flatnonzero(keep)
+        if not v1:  # a (date, site) twice in the v2 table: the store holds the first
+            first = rows[_first_unseen(flat[rows], seen)]
+            n_dup += rows.size - first.size
+            seen[flat[first]] = True
+            rows = first
+        for j, c in enumerate(values):
+            out[j, flat[rows]] = num[c][rows]
+        n_kept += rows.size
+        uniq, at = np.unique(s[rows], return_index=True)
+        for si, r in zip(uniq.tolist(), rows[at].tolist()):
+            if si not in first_row:
+                first_row[si] = (lat[r], lon[r], str(igbp[r]), str(network[r]))
+    if n_dup:
+        log.warning("%s: %d duplicated (date, site) target row(s); the first of each is kept", path.name, n_dup)
+    kept_idx = sorted(first_row)
+    kept = [sites[i] for i in kept_idx]
+    no_koppen = sorted(x for x in all_sites if x not in koppen or x not in koppen_short)
+    other = sorted(all_sites - set(kept) - set(no_koppen))
+    report = {"target_rows": n_rows, "rows_kept": n_kept, "sites_in_table": len(all_sites), "sites_kept": len(kept),
+              "dropped_no_koppen": no_koppen, "dropped_no_rows": other}
+    if not kept:
+        return pd.DataFrame(), days, {}, report
+    grid = out.reshape(4, n_sites, n_days)[:, kept_idx]
+    have = np.isfinite(grid).any(axis=(0, 1))
+    end = int(np.flatnonzero(have)[-1]) + 1
+    arrays = {c: np.ascontiguousarray(grid[j, :, :end]) for j, c in enumerate(values)}
+    table = pd.DataFrame({
+        "site": kept, "lat": [first_row[i][0] for i in kept_idx], "lon": [first_row[i][1] for i in kept_idx],
+        "igbp": [first_row[i][2] for i in kept_idx], "koppen": [koppen[x] for x in kept],
+        "koppen_detailed": [koppen_short[x] for x in kept],
+        "network": [NETWORK_CODES.get(first_row[i][3].upper(), "other") for i in kept_idx],
     })
+    return table, days[:end], arrays, report
+
+
+def _release_arrow_memory() -> None:
+    """Hand the memory pyarrow's pool keeps after a pass back to the system."""
+    import pyarrow as pa
+
+    pa.default_memory_pool().release_unused()
+
+
+def _first_unseen(flat: np.ndarray, seen: np.ndarray) -> np.ndarray:
+    """Positions of the first occurrence of each slot in ``flat`` (>= 0) not already ``seen``."""
+    idx = np.flatnonzero(flat >= 0)
+    _, first = np.unique(flat[idx], return_index=True)
+    first = np.sort(idx[first])
+    return first[~seen[flat[first]]]
 
 
 def feature_columns(sets: dict, era5_names, path) -> list[str]:
@@ -214,13 +292,13 @@ def feature_columns(sets: dict, era5_names, path) -> list[str]:
 class FeatureTable:
     """A feature parquet table streamed into (site, day) slots of a store's axes.
 
-    ``slots()`` makes one pass over the (date, site) columns: each row's flat slot
-    ``site * T + day``, or -1 for rows of other sites or days and for repeats of a (date, site)
-    already seen (the first row in file order wins). ``scatter(columns)`` then reads only those
-    columns, row group by row group, into a (len(columns), S, T) float32 array.
+    ``slots()`` makes one pass over the (date, site) columns, ``batch_rows`` rows at a time:
+    each row's flat slot ``site * T + day``, or -1 for rows of other sites or days and for
+    repeats of a (date, site) already seen (the first row in file order wins). ``scatter(columns)``
+    then reads only those columns, batch by batch, into a (len(columns), S, T) float32 array.
     """
 
-    def __init__(self, path, sites, days: pd.DatetimeIndex, *, progress: bool = True):
+    def __init__(self, path, sites, days: pd.DatetimeIndex, *, progress: bool = True, batch_rows: int = BATCH_ROWS):
         import pyarrow.parquet as pq
 
         self.path = Path(path)
@@ -231,36 +309,43 @@ class FeatureTable:
             raise InputError(f"{self.path}: feature table lacks column(s) {lacking}")
         self.sites = pd.Index(list(sites))
         self.days = days
-        self.progress = progress
-        self._slots: list[np.ndarray] | None = None
+        self.progress, self.batch_rows = progress, batch_rows
+        self._slots: np.ndarray | None = None
         self.matched_sites: set[str] = set()
         self.other_sites: set[str] = set()
 
     @property
-    def n_row_groups(self) -> int:
-        return self.file.num_row_groups
+    def n_rows(self) -> int:
+        return self.file.metadata.num_rows
 
-    def slots(self) -> list[np.ndarray]:
+    def _batches(self, columns: list[str], desc: str):
+        with bar(total=self.n_rows, desc=f"{self.path.name}: {desc}", unit="row", progress=self.progress) as b:
+            for batch in self.file.iter_batches(batch_size=self.batch_rows, columns=columns, use_threads=False):
+                yield batch
+                b.update(batch.num_rows)
+
+    def slots(self) -> np.ndarray:
         if self._slots is not None:
             return self._slots
         n_days = len(self.days)
         seen = np.zeros(len(self.sites) * n_days, bool)
         t0 = self.days[0].to_datetime64().astype("datetime64[ns]")
         out = []
-        for rg in bar(range(self.n_row_groups), desc=f"{self.path.name}: rows", unit="row group", progress=self.progress):
-            t = self.file.read_row_group(rg, columns=["date", "site"])
-            ids = t.column("site").combine_chunks().dictionary_encode()
+        for batch in self._batches(["date", "site"], "rows"):
+            ids = batch.column(batch.schema.get_field_index("site"))
+            ids = ids.dictionary_encode() if not hasattr(ids, "dictionary") else ids
             uniq = strip_prefix(ids.dictionary.to_pylist())
             code = self.sites.get_indexer(uniq)
             self.matched_sites.update(uniq[code >= 0].tolist())
             self.other_sites.update(uniq[code < 0].tolist())
             s = code[ids.indices.to_numpy(zero_copy_only=False)]
-            date = pd.to_datetime(t.column("date").to_pandas()).to_numpy().astype("datetime64[ns]")
+            date = pd.to_datetime(batch.column(batch.schema.get_field_index("date")).to_pandas())
+            date = date.to_numpy().astype("datetime64[ns]")
             delta = (date - t0).astype(np.int64)
             day = delta // 86_400_000_000_000
             ok = (s >= 0) & (delta % 86_400_000_000_000 == 0) & (day >= 0) & (day < n_days) & ~np.isnat(date)
             flat = np.where(ok, s.astype(np.int64) * n_days + day, -1)
-            # first occurrence wins: within this row group, then against earlier ones
+            # first occurrence wins: within this batch, then against earlier ones
             idx = np.flatnonzero(flat >= 0)
             _, first = np.unique(flat[idx], return_index=True)
             first_rows = idx[first]
@@ -269,8 +354,8 @@ class FeatureTable:
             keep[first_rows] = flat[first_rows]
             seen[flat[first_rows]] = True
             out.append(keep.astype(np.int32 if seen.size < 2**31 else np.int64))
-        self._slots = out
-        return out
+        self._slots = np.concatenate(out) if out else np.zeros(0, np.int32)
+        return self._slots
 
     def scatter(self, columns: list[str]) -> np.ndarray:
         """(len(columns), S, T) float32 values of ``columns``; NaN where no row feeds a slot."""
@@ -280,21 +365,25 @@ class FeatureTable:
         slots = self.slots()
         n_sites, n_days = len(self.sites), len(self.days)
         out = np.full((len(columns), n_sites * n_days), np.nan, np.float32)
-        for rg in bar(range(self.n_row_groups), desc=f"{self.path.name}: {len(columns)} column(s)", unit="row group",
-                      progress=self.progress):
-            pos = slots[rg]
+        at = 0
+        for batch in self._batches(columns, f"{len(columns)} column(s)"):
+            pos = slots[at:at + batch.num_rows]
+            at += batch.num_rows
             keep = pos >= 0
             if not keep.any():
                 continue
-            t = self.file.read_row_group(rg, columns=columns)
-            for j, c in enumerate(columns):
-                vals = t.column(c).to_numpy(zero_copy_only=False)
+            for j in range(len(columns)):
+                vals = batch.column(j).to_numpy(zero_copy_only=False)
                 out[j, pos[keep]] = np.asarray(vals[keep], dtype=np.float32)
+        _release_arrow_memory()
         return out.reshape(len(columns), n_sites, n_days)
 
     def groups(self, columns: list[str], budget_mb: float = BUDGET_MB) -> Iterator[dict[str, np.ndarray]]:
         """``{column: (S, T) array}`` for ``columns``, as many per pass as ``budget_mb`` holds."""
-        per = max(1, len(self.sites) * len(self.days) * 4)
+        # a pass holds its (S, T) arrays and one row group's column chunks, which pyarrow reads
+        # whole: ~48 bytes of resident memory per float64 value while decoding (measured)
+        rg_rows = max((self.file.metadata.row_group(i).num_rows for i in range(self.file.num_row_groups)), default=0)
+        per = max(1, len(self.sites) * len(self.days) * 4 + DECODE_BYTES * rg_rows)
         k = len(columns) if not np.isfinite(budget_mb) else max(1, int(budget_mb * 2**20 // per))
         for i in range(0, len(columns), k):
             part = columns[i:i + k]
@@ -306,24 +395,22 @@ class FeatureTable:
 class CarbonBenchImport:
     """One published folder, read into store pieces: the site table, the targets, the features."""
 
-    def __init__(self, folder, *, progress: bool = True, budget_mb: float = BUDGET_MB):
+    def __init__(self, folder, *, progress: bool = True, budget_mb: float = BUDGET_MB, batch_rows: int = BATCH_ROWS):
         self.files = layout(folder)
         self.folder = Path(folder)
         self.progress, self.budget_mb = progress, budget_mb
         koppen, short = _read_json(self.files[KOPPEN_JSON]), _read_json(self.files[KOPPEN_SHORT_JSON])
         self.sets = _read_json(self.files[FEATURE_SETS_JSON])
-        rows, self.report = read_targets(self.files["targets"], koppen, short)
-        if rows.empty:
+        self.sites, self.days, self._targets, self.report = read_targets(
+            self.files["targets"], koppen, short, batch_rows=batch_rows, progress=progress)
+        if self.sites.empty:
             raise DataError(f"{self.files['targets']}: no row has the three targets, QC and a Köppen entry "
                             f"from {START.date()} on; nothing to import")
         self._log_drops()
-        self.sites = _site_table(rows)
-        last = rows["date"].max()
-        # features exist from WINDOW - 1 days before the first target day (the reference's history)
-        self.days = pd.date_range(START - pd.Timedelta(days=WINDOW - 1), last, freq="D")
-        self.rows = rows
-        self.modis = FeatureTable(self.files[MODIS_TABLE], self.sites["site"], self.days, progress=progress)
-        self.era5 = FeatureTable(self.files[ERA5_TABLE], self.sites["site"], self.days, progress=progress)
+        self.modis = FeatureTable(self.files[MODIS_TABLE], self.sites["site"], self.days, progress=progress,
+                                  batch_rows=batch_rows)
+        self.era5 = FeatureTable(self.files[ERA5_TABLE], self.sites["site"], self.days, progress=progress,
+                                 batch_rows=batch_rows)
         self.modis_columns = [c for c in catalog.modis_bands() if c in self.modis.names]
         lacking = [c for c in catalog.modis_bands() if c not in self.modis.names]
         if lacking:
@@ -349,15 +436,7 @@ class CarbonBenchImport:
 
     def targets(self) -> dict[str, np.ndarray]:
         """(S, T) GPP, RECO, NEE, QC on the kept rows; NaN on every other day."""
-        site = self.rows["site"]
-        s = pd.Index(self.sites["site"]).get_indexer(site.cat.categories.astype(str))[site.cat.codes.to_numpy()]
-        d = self.days.get_indexer(self.rows["date"])
-        out = {}
-        for v in (GPP, RECO, NEE, QC):
-            arr = np.full((len(self.sites), len(self.days)), np.nan, np.float32)
-            arr[s, d] = self.rows[v].to_numpy(np.float64)
-            out[v] = arr
-        return out
+        return self._targets
 
     def check_features(self) -> None:
         self.modis.slots()
@@ -394,7 +473,8 @@ def read_folder(folder, *, progress: bool = True) -> xr.Dataset:
     return ds
 
 
-def write_folder(folder, out, *, overwrite: bool = False, progress: bool = True, budget_mb: float = BUDGET_MB) -> dict:
+def write_folder(folder, out, *, overwrite: bool = False, progress: bool = True, budget_mb: float = BUDGET_MB,
+                 batch_rows: int = BATCH_ROWS) -> dict:
     """Import a published folder into the store ``out``, in bounded memory.
 
     New store (or ``overwrite``): built beside ``out`` and renamed into place once complete.
@@ -402,7 +482,7 @@ def write_folder(folder, out, *, overwrite: bool = False, progress: bool = True,
     Returns the loader report plus what the store write did.
     """
     out = Path(out)
-    imp = CarbonBenchImport(folder, progress=progress, budget_mb=budget_mb)
+    imp = CarbonBenchImport(folder, progress=progress, budget_mb=budget_mb, batch_rows=batch_rows)
     if out.exists() and not overwrite:
         scratch = out.with_name(f".{out.name}.import")
         shutil.rmtree(scratch, ignore_errors=True)
