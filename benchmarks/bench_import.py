@@ -7,7 +7,7 @@ synthetic tables of that shape for ``fraction`` of the sites (row groups of 12 s
 size with ``cbgrid.sources.carbonbench.write_folder`` in its own process (so the peak resident
 memory is that import's alone), and prints wall time, peak RSS, the ratio of the two sizes
 (peak RSS should stay flat: ERA5 is streamed by row group within a fixed memory budget) and
-a linear projection of the time to the full table.
+a linear projection of time and peak RSS to the full table.
 
     python benchmarks/bench_import.py                       # 1/10 and 2/10 of 474 sites
     python benchmarks/bench_import.py --fractions 0.1 0.3 --budget-mb 64
@@ -136,12 +136,13 @@ def main() -> None:
     if len(results) > 1:
         print(f"size ratio {b['era5_rows'] / a['era5_rows']:.2f}: time ratio {b['wall_s'] / a['wall_s']:.2f}, "
               f"peak RSS ratio {b['peak_bytes'] / a['peak_bytes']:.2f}")
-    rate = b["wall_s"] / b["fraction"]
-    print(f"projection to the full table (474 sites, ~{b['era5_gb'] / b['fraction']:.1f} GB ERA5 parquet here): "
-          f"~{rate / 60:.1f} min at this machine's speed, peak RSS ~{b['peak_bytes'] / 2**20:.0f} MiB plus the "
-          f"targets and MODIS part, which grows with the site count "
-          f"(~{(b['peak_bytes'] - a['peak_bytes']) / max(b['fraction'] - a['fraction'], 1e-9) / 2**20:.0f} MiB per unit "
-          "fraction measured here)" if len(results) > 1 else "")
+    if len(results) > 1:
+        slope = (b["peak_bytes"] - a["peak_bytes"]) / (b["fraction"] - a["fraction"])
+        full_peak = b["peak_bytes"] + (1 - b["fraction"]) * slope
+        full_time = a["wall_s"] + (1 - a["fraction"]) * (b["wall_s"] - a["wall_s"]) / (b["fraction"] - a["fraction"])
+        print(f"projection to the full table (474 sites, ~{b['era5_gb'] / b['fraction']:.1f} GB ERA5 parquet of this "
+              f"kind), linear in the site count from the two sizes: import ~{full_time / 60:.1f} min, peak RSS "
+              f"~{full_peak / 2**30:.2f} GiB (+{slope / 2**20 / 474 * 47:.0f} MiB per 47 sites)")
 
 
 if __name__ == "__main__":
