@@ -228,3 +228,13 @@ def test_import_split_train_reference_protocol_and_report(tmp_path, capsys):
     summary = pd.read_csv(tmp_path / "report" / "summary.csv")
     assert {"xgboost", "ctlstm"} <= set(summary["model"])
     assert set(summary["protocol"]) == {"reference"}
+
+
+def test_a_protocol_that_does_not_exist_is_refused_by_name(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["train", "--store", str(tmp_path / "s.zarr"), "--model", "xgboost", "--protocol", "paper",
+              "--out", str(tmp_path / "r")])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "invalid choice: 'paper'" in err and "reference" in err
+    assert not (tmp_path / "r").exists()
