@@ -110,6 +110,11 @@ class SiteSource(Protocol):
         """A schema-conformant (site, time) Dataset (lazy where the data are large); ``sites``
         is an optional site table for sites the catalog lacks."""
 
+    def write(self, paths: list[Path], out: Path, *, sites: pd.DataFrame | None = None, period=None,
+              overwrite: bool = False, progress: bool = True) -> dict:
+        """Create or extend the store ``out`` through ``cbgrid.store`` (atomic, bounded memory where the
+        layout is large); returns what ``cbgrid.store.merge`` returns, plus the layout's own counts."""
+
 
 @runtime_checkable
 class BlockWriter(Protocol):

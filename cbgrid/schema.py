@@ -277,7 +277,7 @@ def site_dataset(data: Mapping, sites: pd.DataFrame, time) -> xr.Dataset:
                 f"variable {name!r} has shape {getattr(arr, 'shape', None)}; expected "
                 f"(site={len(sites)}, time={len(time)})"
             )
-        data_vars[name] = (DIMS, arr.astype(np.float32), variable_attrs(name))
+        data_vars[name] = (DIMS, arr.astype(np.float32, copy=False), variable_attrs(name))
     ds = xr.Dataset(data_vars, coords=coords)
     ds.attrs["Conventions"] = "CF-1.8"
     ds.attrs["cbgrid_schema"] = "1"

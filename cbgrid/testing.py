@@ -8,6 +8,7 @@ Small deterministic stand-ins for every stage's input, each following the stage 
 * :func:`random_fluxes` — (time, lat, lon) fluxes for the product writer;
 * :class:`StubPredictor` — a ``cbgrid.contracts.Predictor`` with a light/temperature response;
 * :class:`MemoryWriter` — a ``cbgrid.contracts.BlockWriter`` that keeps the blocks in memory;
+* :func:`carbonbench_folder` — a small folder in the published CarbonBench layout, with traps;
 * :func:`assert_product_ok`, :func:`assert_predictions_ok` — the checks a product or a
   predictions Dataset must pass.
 """
@@ -15,6 +16,7 @@ Small deterministic stand-ins for every stage's input, each following the stage 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -199,3 +201,118 @@ def assert_product_ok(path) -> xr.Dataset:
     for name in ("lat", "lon", "time"):
         assert ds[name].attrs.get("standard_name") in (name if name == "time" else {"lat": "latitude", "lon": "longitude"}[name],), name
     return ds
+
+
+#: Network codes of the published target table and the prefixes its feature tables may carry.
+_CB_NETWORKS = ("FLX", "AMF", "ICOS", "JPX")
+
+
+def carbonbench_folder(path, n_sites: int = 24, start="1999-12-01", end="2002-06-30", seed: int = 0, *,
+                       era5: Sequence[str] | None = None, row_group_size: int = 4000, version: int = 2) -> dict:
+    """Write a small folder in the published CarbonBench layout, with every trap of its loaders.
+
+    Files: ``target_fluxes_v2.parquet`` (``version=1``: ``target_fluxes.parquet`` with prefixed
+    ids and no ``network`` column), ``MOD09GA.parquet``, ``ERA5.parquet`` (columns ``era5``,
+    default the minimal set), ``koppen_sites.json``, ``koppen_sites_short.json``,
+    ``feature_sets.json`` (the catalog's sets, restricted to the ERA5 columns written).
+    Traps: ``-9999`` in targets and QC, rows before 2000-02-24, a site with no Köppen entry
+    (``traps["no_koppen"]``), one with a main but no detailed class, one with rows only before
+    2000-02-24, rows without IGBP, lat/lon with more than 3 decimals, feature ids with network
+    prefixes, duplicated (date, site) feature rows with other values (first in file order
+    should win), missing feature days, feature rows of a site that has no targets.
+    Returns ``{"path": folder, "traps": {...}}``.
+
+    >>> import tempfile
+    >>> out = carbonbench_folder(Path(tempfile.mkdtemp()) / "cb", n_sites=6, end="2000-04-30")
+    >>> sorted(p.name for p in out["path"].iterdir())[:3]
+    ['ERA5.parquet', 'MOD09GA.parquet', 'feature_sets.json']
+    """
+    import json
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    if n_sites < 6:
+        raise ValueError("carbonbench_folder needs n_sites >= 6 (one site per trap plus ordinary ones)")
+    rng = np.random.default_rng(seed)
+    era5 = list(catalog.era5_bands("minimal") if era5 is None else era5)
+    days = pd.date_range(start, end, freq="D")
+    sites = [f"{'UDFC'[i % 4]}{chr(65 + i % 26)}-S{i:02d}" for i in range(n_sites)]
+    igbp_classes = schema.REFERENCE_IGBP
+    detailed = {"A": ["Af", "Am", "Aw"], "B": ["BSk", "BWh"], "C": ["Cfa", "Cfb", "Csa"], "D": ["Dfb", "Dfc", "Dwa"],
+                "E": ["ET"]}
+    koppen = {s: "ABCDE"[i % 5] for i, s in enumerate(sites)}
+    short = {s: detailed[k][i % len(detailed[k])] for i, (s, k) in enumerate(koppen.items())}
+    traps = {"no_koppen": sites[0], "no_detailed": sites[1], "only_early": sites[2]}
+    del koppen[sites[0]], short[sites[0]], short[sites[1]]
+    igbp = {s: igbp_classes[(3 * i) % len(igbp_classes)] for i, s in enumerate(sites)}
+    lat = {s: float(rng.uniform(-40, 65)) + 0.000123 for s in sites}
+    lon = {s: float(rng.uniform(-150, 150)) - 0.000456 for s in sites}
+    network = {s: _CB_NETWORKS[i % 4] for i, s in enumerate(sites)}
+
+    doy = days.day_of_year.to_numpy()
+    rows = []
+    for s in sites:
+        d = days[(days < "2000-02-01")] if s == traps["only_early"] else days[rng.integers(0, 40):]
+        n = len(d)
+        season = np.sin(2 * np.pi * (doy[-n:] - 100) / 365.25) * np.sign(lat[s])
+        gpp = np.clip(4 + 4 * season + rng.normal(0, 1, n), 0, None)
+        reco = 2 + 0.5 * gpp + rng.normal(0, 0.5, n)
+        qc = np.where(rng.random(n) < 0.7, 1.0, rng.random(n).round(3))
+        df = pd.DataFrame({"TIMESTAMP": d.strftime("%Y%m%d").astype(int), "site": s, "lat": lat[s], "lon": lon[s],
+                           "IGBP": igbp[s], GPP: gpp, RECO: reco, NEE: reco - gpp, QC: qc, "network": network[s]})
+        rows.append(df)
+    tgt = pd.concat(rows, ignore_index=True)
+    for c in (GPP, RECO, NEE, QC):
+        tgt.loc[rng.random(len(tgt)) < 0.03, c] = -9999.0
+    tgt["IGBP"] = tgt["IGBP"].astype(object)
+    tgt.loc[rng.random(len(tgt)) < 0.005, "IGBP"] = None
+    traps["rows_without_igbp"] = int(tgt["IGBP"].isna().sum())
+    if version == 1:
+        tgt["site"] = tgt["network"] + "_" + tgt["site"]
+        tgt = tgt.drop(columns="network")
+        pq.write_table(pa.Table.from_pandas(tgt, preserve_index=False), path / "target_fluxes.parquet")
+    else:
+        pq.write_table(pa.Table.from_pandas(tgt, preserve_index=False), path / "target_fluxes_v2.parquet")
+
+    def features(columns, kind):
+        parts = []
+        for i, s in enumerate([*sites, "ZZ-Non"]):
+            keep = rng.random(len(days)) > 0.05
+            d = days[keep]
+            t = np.sin(2 * np.pi * (d.day_of_year.to_numpy() - 100) / 365.25)
+            data = {}
+            for j, c in enumerate(columns):
+                if c == "temperature_2m":
+                    data[c] = 283 + 12 * t + rng.normal(0, 2, d.size)
+                elif kind == "modis" and c.startswith("sur_refl"):
+                    data[c] = np.clip(0.1 + 0.05 * t + rng.normal(0, 0.02, d.size), 0, 1)
+                elif kind == "modis" and c == "clouds":
+                    data[c] = rng.random(d.size)
+                elif kind == "modis":
+                    data[c] = rng.uniform(0, 90, d.size)
+                else:
+                    data[c] = (j + 1) * (1 + 0.5 * t) + rng.normal(0, 0.1, d.size)
+            prefix = "" if i % 3 == 0 else f"{network.get(s, 'FLX')}_"
+            parts.append(pd.DataFrame({"date": d.strftime("%Y-%m-%d"), "site": prefix + s, **data}))
+        df = pd.concat(parts, ignore_index=True)
+        dup = df.sample(frac=0.02, random_state=seed)
+        changed = dup.copy()
+        changed[columns] = changed[columns] + 1000.0
+        changed["site"] = [x.split("_")[-1] for x in changed["site"]]  # the same site, spelt without prefix
+        df = pd.concat([df, changed], ignore_index=True)  # repeats come later: the first row must win
+        order = rng.permutation(len(df))  # rows out of site order, repeats spread over row groups
+        df = df.iloc[np.sort(order[: len(df)])] if kind == "modis" else df.iloc[order]
+        return df.reset_index(drop=True), len(dup)
+
+    modis, traps["modis_duplicates"] = features(catalog.modis_bands(), "modis")
+    era, traps["era5_duplicates"] = features(era5, "era5")
+    pq.write_table(pa.Table.from_pandas(modis, preserve_index=False), path / "MOD09GA.parquet", row_group_size=row_group_size)
+    pq.write_table(pa.Table.from_pandas(era, preserve_index=False), path / "ERA5.parquet", row_group_size=row_group_size)
+    (path / "koppen_sites.json").write_text(json.dumps(koppen))
+    (path / "koppen_sites_short.json").write_text(json.dumps(short))
+    sets = {name: [c for c in catalog.era5_bands(name) if c in era5] for name in catalog.FEATURE_SETS}
+    (path / "feature_sets.json").write_text(json.dumps(sets))
+    return {"path": path, "traps": traps, "sites": sites}

@@ -73,3 +73,53 @@ def test_site_outside_catalog_with_user_table(tmp_path):
     bad = sites.assign(igbp="FOREST")
     with pytest.raises(SchemaError, match="unknown igbp class 'FOREST'"):
         fluxnet.read_oneflux(p, sites=bad)
+
+
+def _release(tmp_path, name, days, gpp, qc=1.0):
+    """A DD file: GPP as given, RECO = GPP + 1, NEE = 1, QC; a -9999 GPP makes the whole day -9999."""
+    rows = [(g, g + 1, 1.0, qc) if g != -9999 else (-9999,) * 4 for g in gpp]
+    lines = [f"{d:%Y%m%d}," + ",".join(map(str, r)) for d, r in zip(days, rows)]
+    return _write(tmp_path, name, HEADER + "\n".join(lines) + "\n")
+
+
+def _two_releases(tmp_path):
+    d1 = pd.date_range("2009-01-01", "2009-01-10")
+    d2 = pd.date_range("2009-01-06", "2009-01-15")
+    g1 = [1.0] * 10
+    g1[7] = -9999  # FLUXNET2015 covers 8 January but has no value: the day still comes from it
+    flx = _release(tmp_path, "FLX_US-AR1_FLUXNET2015_SUBSET_DD_2009-2009_1-3.csv", d1, g1)
+    amf = _release(tmp_path, "AMF_US-AR1_FLUXNET_SUBSET_DD_2009-2009_3-5.csv", d2, [2.0] * 10)
+    return flx, amf
+
+
+def test_one_site_from_several_releases_day_by_day(tmp_path):
+    flx, amf = _two_releases(tmp_path)
+    ds = fluxnet.read_many([amf, flx])
+    assert ds.sizes == {"site": 1, "time": 15}
+    gpp = ds[schema.GPP].values[0]
+    np.testing.assert_array_equal(gpp[:7], 1.0)
+    assert np.isnan(gpp[7]) and np.isnan(ds[schema.RECO].values[0, 7])
+    np.testing.assert_array_equal(gpp[8:10], 1.0)
+    np.testing.assert_array_equal(gpp[10:], 2.0)
+    assert ds.attrs["releases"] == "FLUXNET2015: 10 days; AmeriFlux: 5 days"
+    assert schema.class_names(ds, "network").tolist() == ["FLUXNET2015"]
+    with pytest.raises(SchemaError, match="several files of the same release"):
+        fluxnet.read_many([flx, _release(tmp_path, "FLX_US-AR1_FLUXNET2015_SUBSET_DD_2010-2010_1-3.csv",
+                                         pd.date_range("2010-01-01", periods=3), [1.0] * 3)])
+
+
+def test_a_later_ingest_of_another_release_combines_instead_of_skipping(tmp_path):
+    from cbgrid import store
+    from cbgrid.cli import main
+
+    flx, amf = _two_releases(tmp_path)
+    one = tmp_path / "one.zarr"
+    two = tmp_path / "two.zarr"
+    period = ["--start", "2009-01-01", "--end", "2009-01-31"]
+    assert main(["-q", "ingest", str(flx), str(amf), "--out", str(one), *period]) == 0
+    assert main(["-q", "ingest", str(amf), "--out", str(two), *period]) == 0
+    assert main(["-q", "ingest", str(flx), "--out", str(two), *period]) == 0  # the higher-priority release later
+    a, b = store.open_store(one).load(), store.open_store(two).load()
+    for v in (schema.GPP, schema.RECO, schema.NEE, schema.QC):
+        np.testing.assert_array_equal(a[v].values, b[v].values, err_msg=v)
+    assert float(a[schema.GPP].sel(time="2009-01-12").item()) == 2.0

@@ -22,12 +22,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace an existing store (only once the new one is complete)")
     p.set_defaults(func=cmd_twin)
 
-    p = sub.add_parser("ingest", help="build or extend a store from ONEFlux daily (DD) CSV files")
-    p.add_argument("files", nargs="+", type=Path, help="ONEFlux DD files (FLUXNET2015, AmeriFlux-FLUXNET, ICOS, JapanFlux)")
+    p = sub.add_parser("ingest", help="build or extend a store from ONEFlux daily (DD) CSV files or the published "
+                                      "CarbonBench folder")
+    p.add_argument("files", nargs="+", type=Path,
+                   help="ONEFlux DD files (FLUXNET2015, AmeriFlux-FLUXNET, ICOS, JapanFlux), or one folder of the "
+                        "published CarbonBench data (target_fluxes_v2.parquet, MOD09GA.parquet, ERA5.parquet, ...)")
     p.add_argument("--out", required=True, type=Path, help="store to create, or to add the sites to")
     p.add_argument("--sites", type=Path, default=None, help="site table CSV (site, lat, lon, igbp, koppen) for sites not in the catalog")
     p.add_argument("--start", default="2000-02-24", help="first day of a new store's time axis")
     p.add_argument("--end", default="2024-12-31", help="last day of a new store's time axis")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace values the store already has for these sites (a CarbonBench folder: rebuild the "
+                        "store, swapped in only once complete)")
     p.set_defaults(func=cmd_ingest)
 
     p = sub.add_parser("info", help="summarise a store: sites, period, variables, classes, observations, QC")
@@ -37,6 +43,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("split", help="write the train/test site membership (and 5 CV folds) as CSV")
     p.add_argument("store", type=Path)
     p.add_argument("--by", required=True, choices=splits.KINDS)
+    p.add_argument("--method", default="cbgrid", choices=splits.METHODS,
+                   help="cbgrid's stratified draw (default) or the reference implementation's exactly (scikit-learn "
+                        "train_test_split, random_state 56; --seed is then ignored)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=None, help="CSV path (default: splits/<by>-seed<seed>.csv beside the store)")
     p.set_defaults(func=cmd_split)
@@ -53,8 +62,8 @@ def cmd_twin(args) -> int:
 def cmd_ingest(args) -> int:
     sites = catalog.read_site_table(args.sites) if args.sites else None
     source = sources.site_source_for(args.files)
-    new = source().read(args.files, sites=sites)
-    result = store.merge(new, args.out, period=(args.start, args.end), progress=not args.quiet)
+    result = source().write(args.files, args.out, sites=sites, period=(args.start, args.end),
+                            overwrite=args.overwrite, progress=not args.quiet)
     log.info("%s %s from %s: %d site(s) added", "created" if result["created"] else "updated", args.out,
              source.name, result["sites_added"])
     print_summary(store.open_store(args.out), args.out)
@@ -69,10 +78,15 @@ def cmd_info(args) -> int:
 
 def cmd_split(args) -> int:
 
-    df = splits.make_split(store.open_store(args.store), by=args.by, seed=args.seed)
-    out = args.out or args.store.parent / "splits" / f"{args.by}-seed{args.seed}.csv"
+    df = splits.make_split(store.open_store(args.store), by=args.by, seed=args.seed, method=args.method)
+    name = f"{args.by}-reference" if args.method == "reference" and not args.by.startswith("official-") else \
+        f"{args.by}-seed{args.seed}"
+    out = args.out or args.store.parent / "splits" / f"{name}.csv"
     splits.write_split(df, out)
     print(splits.summary(df).to_string())
+    excluded = int((df["set"] == "excluded").sum())
+    if excluded:
+        print(f"{excluded} held-out site(s) without a published score excluded (neither trained on nor scored)")
     print(f"split written to {out}")
     return 0
 

@@ -1,4 +1,4 @@
-"""Data sources: ONEFlux files (``fluxnet``), the synthetic twin (``twin``), local driver files
+"""Data sources: ONEFlux files (``fluxnet``), the published CarbonBench folder (``carbonbench``), the synthetic twin (``twin``), local driver files
 (``local``) and Google Earth Engine (``earthengine``).
 
 Two registries live here, each filled by decorators in the source modules:
@@ -19,7 +19,7 @@ from pathlib import Path
 from cbgrid.errors import InputError, MissingError
 
 #: Modules that define driver or site sources, imported on first lookup.
-SOURCE_MODULES = ("twin", "local", "earthengine", "fluxnet")
+SOURCE_MODULES = ("twin", "local", "earthengine", "fluxnet", "carbonbench")
 _DRIVERS: dict[str, type] = {}
 _SITES: dict[str, type] = {}
 

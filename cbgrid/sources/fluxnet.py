@@ -8,7 +8,16 @@ Reads the CarbonBench targets from a DD CSV into a one-site store Dataset:
 * the QC kept as ONEFlux gives it for daily data: the continuous 0–1 fraction of measured or
   good-quality gap-filled half-hours;
 * site id from the file name (``FLX_US-AR1_FLUXNET2015_SUBSET_DD_...``) or an argument; lat/lon,
-  IGBP and Köppen from the site catalog or a table the user passes.
+  IGBP and Köppen from the site catalog or a table the user passes;
+* one site from several releases (FLUXNET2015, AmeriFlux-FLUXNET, ICOS, JapanFlux), in one
+  ingest or in several (:func:`combine_releases`): **each day comes whole from the first
+  release, in the order FLUXNET2015, AmeriFlux, ICOS, JapanFlux, then any other, whose record
+  covers that day** — all three targets and QC from that one release, even where its values
+  are missing that day, so NEE = RECO − GPP always holds within a day. This is the reference's
+  rule (it stacks the releases in that order and keeps the first row of each (day, site)), with
+  a release's record taken as the span between its first and last day with any target or QC
+  value (a file's leading or trailing rows without any do not block another release). In a
+  store, a site's stored record counts as the release its ``network`` names.
 """
 
 from __future__ import annotations
@@ -22,7 +31,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from cbgrid import catalog, context, schema
+from cbgrid import catalog, context, schema, store
 from cbgrid.errors import DataError, InputError, MissingError
 from cbgrid.schema import GPP, NEE, QC, RECO, SchemaError
 from cbgrid.sources import register_site_source
@@ -199,15 +208,114 @@ def read_oneflux(path, *, site: str | None = None, sites: pd.DataFrame | None = 
     return ds
 
 
+#: Release priority per day (see the module doc): the reference's stacking order.
+PRIORITY = ("FLUXNET2015", "AmeriFlux", "ICOS", "JapanFlux")
+
+
+def _rank(network: str) -> int:
+    return PRIORITY.index(network) if network in PRIORITY else len(PRIORITY)
+
+
+def _record(ds: xr.Dataset) -> tuple[pd.Timestamp, pd.Timestamp] | None:
+    """First and last day with any target or QC of a one-site Dataset (None if it has none)."""
+    have = np.zeros(ds.sizes[schema.TIME], bool)
+    for v in (GPP, RECO, NEE, QC):
+        if v in ds:
+            have |= np.isfinite(np.asarray(ds[v].values).reshape(-1))
+    if not have.any():
+        return None
+    t = ds.indexes[schema.TIME][have]
+    return t[0], t[-1]
+
+
+def combine_releases(parts: list[xr.Dataset]) -> xr.Dataset:
+    """One site's records from several releases → one record, each day whole from the first
+    release (FLUXNET2015, AmeriFlux, ICOS, JapanFlux, others) whose record covers it.
+
+    Each part is a one-site Dataset whose ``network`` coordinate names its release; its record
+    spans its first to its last day with any target or QC. The result
+    carries the network of the release that gave the most days, and an attribute ``releases``
+    saying which release gave how many days.
+    """
+    site = str(parts[0][schema.SITE].values[0])
+    if any(str(p[schema.SITE].values[0]) != site for p in parts):
+        raise InputError(f"combine_releases: parts of different sites {sorted({str(p[schema.SITE].values[0]) for p in parts})}")
+    nets = [str(schema.class_names(p, "network")[0]) for p in parts]
+    order = sorted(range(len(parts)), key=lambda i: _rank(nets[i]))
+    days = pd.DatetimeIndex(sorted(set().union(*(p.indexes[schema.TIME] for p in parts))))
+    days = pd.date_range(days[0], days[-1], freq="D")
+    chosen = np.full(days.size, -1)
+    for i in order:
+        span = _record(parts[i])
+        if span is None:
+            continue
+        free = (chosen < 0) & (days >= span[0]) & (days <= span[1])
+        chosen[free] = i
+    names = sorted(set().union(*(p.data_vars for p in parts)))
+    data = {}
+    for v in names:
+        out = np.full(days.size, np.nan, np.float32)
+        for i, p in enumerate(parts):
+            if v in p:
+                vals = p[v].reindex({schema.TIME: days}).values.reshape(-1)
+                out[chosen == i] = vals[chosen == i]
+        data[v] = out[None, :]
+    counts = {nets[i]: int((chosen == i).sum()) for i in order}
+    best = max(order, key=lambda i: ((chosen == i).sum(), -_rank(nets[i])))
+    sites_table = pd.DataFrame({
+        "site": [site], "lat": [float(parts[best]["lat"].values[0])], "lon": [float(parts[best]["lon"].values[0])],
+        **{c: [str(schema.class_names(parts[best], c)[0])] for c in schema.CATEGORICALS}})
+    ds = schema.site_dataset(data, sites_table, days)
+    ds.attrs["releases"] = "; ".join(f"{n}: {k} days" for n, k in counts.items())
+    log.info("site %s from %d releases, each day from the first of %s covering it: %s", site, len(parts),
+             ", ".join(PRIORITY), ds.attrs["releases"])
+    return ds
+
+
 def read_many(paths: Iterable, *, sites: pd.DataFrame | None = None) -> xr.Dataset:
-    """Read several DD files (one site each) onto a common daily axis."""
+    """Read several DD files onto a common daily axis; files of one site from several releases
+    are combined day by day (:func:`combine_releases`)."""
     parts = [read_oneflux(p, sites=sites) for p in paths]
     if not parts:
         raise InputError("no ONEFlux files given")
-    ids = [str(p.site.values[0]) for p in parts]
-    if len(set(ids)) != len(ids):
-        raise SchemaError(f"several files for the same site: {sorted({s for s in ids if ids.count(s) > 1})}")
-    return xr.concat(parts, dim=schema.SITE, join="outer", combine_attrs="drop_conflicts")
+    by_site: dict[str, list[xr.Dataset]] = {}
+    for p in parts:
+        by_site.setdefault(str(p.site.values[0]), []).append(p)
+    for site, group in by_site.items():
+        nets = [str(schema.class_names(p, "network")[0]) for p in group]
+        if len(group) > 1 and len(set(nets)) < len(nets):
+            raise SchemaError(f"site {site}: several files of the same release ({', '.join(nets)}); pass one file "
+                              "per release")
+    merged = [g[0] if len(g) == 1 else combine_releases(g) for g in by_site.values()]
+    return xr.concat(merged, dim=schema.SITE, join="outer", combine_attrs="drop_conflicts")
+
+
+def merge_into_store(new: xr.Dataset, path, *, period=None, overwrite: bool = False, progress: bool = True) -> dict:
+    """:func:`cbgrid.store.merge` for ONEFlux sites: a site the store already holds is combined
+    day by day with its stored record (the release priority of :func:`combine_releases`, the
+    stored record counting as the release its ``network`` names) instead of being skipped."""
+    from pathlib import Path as _Path
+
+    path = _Path(path)
+    if not path.exists():
+        return store.merge(new, path, period=period, overwrite=overwrite, progress=progress)
+    cur = store.open_store(path)
+    held = [s for s in new[schema.SITE].values.tolist() if s in set(cur[schema.SITE].values.tolist())]
+    result = store.merge(new.drop_sel({schema.SITE: held}), path, progress=progress) if len(held) < new.sizes[schema.SITE] \
+        else {"created": False, "sites_added": 0, "variables_added": []}
+    if held:
+        targets = [v for v in (GPP, RECO, NEE, QC) if v in new and v in cur]
+        combined = []
+        for s in held:
+            old = cur[targets].sel({schema.SITE: [s]}).load()
+            combined.append(combine_releases([old, new[targets].sel({schema.SITE: [s]})]))
+        both = xr.concat(combined, dim=schema.SITE).reindex({schema.TIME: cur.indexes[schema.TIME]})
+        lost = int(sum((~c.indexes[schema.TIME].isin(cur.indexes[schema.TIME])).sum() for c in combined))
+        if lost:
+            log.warning("%d day(s) of the combined records fall outside the store period and are dropped", lost)
+        store.merge(both, path, overwrite=True, progress=progress)
+        result = {**result, "sites_combined": held}
+    return result
 
 
 @register_site_source
@@ -222,3 +330,8 @@ class OneFluxFiles:
 
     def read(self, paths: list[Path], *, sites: pd.DataFrame | None = None) -> xr.Dataset:
         return read_many(paths, sites=sites)
+
+    def write(self, paths: list[Path], out, *, sites: pd.DataFrame | None = None, period=None,
+              overwrite: bool = False, progress: bool = True) -> dict:
+        return merge_into_store(self.read(paths, sites=sites), out, period=period, overwrite=overwrite,
+                                progress=progress)
