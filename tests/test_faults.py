@@ -309,7 +309,7 @@ SPLIT_FAULTS = [
     ("empty", lambda w: w.file("edited.csv", ""), "edited.csv: the file is empty"),
     ("missing-column", lambda w: w.file("edited.csv", "site,set\nA,train\n"), "missing column\\(s\\) \\['split', 'seed', 'fold'"),
     ("bad-set", lambda w: _split_text(w, lambda ls: [ls[0]] + [ls[1].replace(",train,", ",training,").replace(",test,", ",testing,")] + ls[2:]),
-     "column 'set' must be 'train' or 'test'"),
+     "column 'set' must be 'train', 'test' or 'excluded', found \\['training'\\]"),
     ("duplicate-site", lambda w: _split_text(w, lambda ls: ls + [ls[1]]), "duplicate site"),
     ("two-labels", lambda w: _split_text(w, lambda ls: _relabel(ls, "koppen", "igbp")), "column 'split' must hold one value"),
     ("two-seeds", lambda w: _split_text(w, lambda ls: [ls[0]] + [ls[1].replace(",koppen,0,", ",koppen,7,")] + ls[2:]),
