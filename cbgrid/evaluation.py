@@ -531,7 +531,8 @@ def published_comparison(frame: pd.DataFrame, feature_set: str | None = None) ->
     ``frame`` is a ``to_frame`` table of an ``official-igbp``/``official-koppen`` split. Rows
     are restricted to sites scored in ``frame`` (same layout, columns R2, RMSE, nMAE, RAE),
     so quantiles compare like with like. Published baselines are given in ``feature_set``
-    (default: the run's) where they have it, otherwise in the one feature set they have.
+    (default: the run's; ``full`` when that is no published feature set) where they have it,
+    otherwise in the one feature set they have.
     """
 
     split = str(frame["split"].iloc[0])
@@ -540,6 +541,10 @@ def published_comparison(frame: pd.DataFrame, feature_set: str | None = None) ->
     feature_set = feature_set or str(frame["feature_set"].iloc[0])
     pub = catalog.published_scores()
     pub = pub[pub["split_type"] == OFFICIAL_SPLITS[split]]
+    if feature_set not in set(pub["feature_set"]):
+        # not a published feature set (e.g. a process model's output): each baseline in its
+        # full set where it has one, so no model's sites are counted once per feature set
+        feature_set = "full"
     have = pub.groupby("model")["feature_set"].agg(set)
     keep = pub.apply(lambda r: r["feature_set"] == feature_set or feature_set not in have[r["model"]], axis=1)
     pub = pub[keep]
