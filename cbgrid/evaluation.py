@@ -220,6 +220,7 @@ def evaluate(
     min_days: int = MIN_QC_DAYS,
     metrics: Sequence[Metric] = METRICS,
     log_exclusions: bool = True,
+    counted: str = "QC = 1 days",
 ) -> xr.Dataset:
     """Score predictions on the test sites of ``split``, on QC = 1 days only.
 
@@ -233,6 +234,7 @@ def evaluate(
         and the ``too_few_qc_days`` status.
     log_exclusions : log which sites were not scored and why (off when scoring the members of
         an ensemble already scored, whose exclusions are the same).
+    counted : what ``min_days`` counts, for the log (monthly scores count months).
 
     Returns
     -------
@@ -344,16 +346,16 @@ def evaluate(
         "period": f"{times[0].date()}..{times[-1].date()}",
     }
     if log_exclusions:
-        _log_exclusions(ds, int(missing_qc_pred.sum()))
+        _log_exclusions(ds, int(missing_qc_pred.sum()), counted)
     return ds
 
 
-def _log_exclusions(ds: xr.Dataset, missing_qc_pred: int) -> None:
+def _log_exclusions(ds: xr.Dataset, missing_qc_pred: int, counted: str = "QC = 1 days") -> None:
     label = f"{ds.attrs['model']} ({ds.attrs['split']})"
     if missing_qc_pred:
         log.info("%s: %d observed QC = 1 site-days have no prediction and are not scored", label, missing_qc_pred)
     why = {
-        TOO_FEW_DAYS: f"have fewer than {ds.attrs['min_days']} QC = 1 days; not scored",
+        TOO_FEW_DAYS: f"have fewer than {ds.attrs['min_days']} {counted}; not scored",
         CONSTANT_OBSERVATIONS: "have constant observations; R2 and RAE are NaN",
         ZERO_MEAN_OBSERVATIONS: "have a site mean of observations of zero; nMAE is NaN",
         NO_PREDICTION: "have no prediction; not scored",

@@ -324,7 +324,8 @@ def score_model(model_files, store: xr.Dataset, *, split=None, targets: Sequence
     times = obs.indexes[TIME].intersection(pred.indexes[TIME])
     if len(times) == 0:
         raise InputError(f"the model and the observations share no {'month' if scale == esm.MONTHLY else 'day'}")
-    scores = ev.evaluate(pred, obs, sites, min_days=fewest)
+    counted = f"months with >= {min_days} QC = 1 days" if scale == esm.MONTHLY else "QC = 1 days"
+    scores = ev.evaluate(pred, obs, sites, min_days=fewest, counted=counted)
     scores.attrs.update(ensemble_size=1, time_scale=scale, sampling=method, files=model.attrs["files"],
                         derivation=model.attrs["derivation"], calendar=model.attrs["calendar"],
                         sites_scored=ALL_SITES if split is None else f"test sites of {split_name}",

@@ -95,7 +95,9 @@ def test_upscale_writes_products_scores_and_respects_the_balance(tmp_path):
     assert float(ds["GPP_sd"].mean()) > 0
     table = pd.read_csv(res["scores"])
     assert set(table["metric"]) == {"R2", "RMSE", "nMAE"} and {"p25", "p50", "p75"} <= set(table.columns)
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["test_2020-06.nc", "test_2020-07.nc", "test_scores.csv"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["test_2020-06.nc", "test_2020-06_totals.csv",
+                                                                   "test_2020-07.nc", "test_2020-07_totals.csv",
+                                                                   "test_scores.csv"]
 
 
 def test_distributed_client_gives_the_same_product(tmp_path, grid10):
