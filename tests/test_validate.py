@@ -254,3 +254,68 @@ def test_cmip_model_from_the_twin_is_cmip_shaped(tmp_path):
     ds.to_netcdf(tmp_path / "t.nc")
     m = esm.open_model(tmp_path / "t.nc")
     assert float(m[GPP].mean()) > 0
+
+
+# ---------------------------------------------------------------------------------------- export
+def test_export_ilamb_is_monthly_lowercase_with_bounds_and_nep(tmp_path):
+    from cbgrid import export, product
+    from cbgrid.grid import Grid
+
+    g = Grid(30.0)
+    days = pd.date_range("2004-01-15", "2004-03-31")  # January in part: left out; 29 February averaged in
+    f = testing.random_fluxes(g.lat, g.lon, days, seed=2)
+    ctx = testing.random_context(g.lat, g.lon, seed=2)
+    product.write_product(f, tmp_path / "p.nc", context=ctx, attrs=product.global_attrs(title="t", source="s", runs=[]))
+    files = export.ilamb([tmp_path / "p.nc"], tmp_path / "ilamb")
+    gpp = xr.open_dataset(files["gpp"])
+    nep = xr.open_dataset(files["nep"])
+    nee = xr.open_dataset(files["nee"])
+    assert list(gpp.indexes["time"].strftime("%Y-%m")) == ["2004-02", "2004-03"]
+    assert gpp["time"].encoding["calendar"] == "standard" and "time_bnds" in gpp
+    assert (gpp["time_bnds"].values[0, 1] - gpp["time_bnds"].values[0, 0]) / np.timedelta64(1, "D") == 29
+    want = f["GPP"].where(f["RECO"].notnull()).sel(time=slice("2004-02-01", "2004-02-29")).mean("time")
+    np.testing.assert_allclose(gpp["gpp"].isel(time=0).values, want.values, rtol=1e-5)
+    np.testing.assert_allclose(nep["nep"].values, -nee["nee"].values)
+    assert nep["nep"].attrs["standard_name"].startswith("surface_net_downward_mass_flux_of_carbon_dioxide")
+    assert gpp["gpp"].attrs["standard_name"] == "gross_primary_productivity_of_biomass_expressed_as_carbon"
+    cfg = files["cfg"].read_text()
+    assert 'source   = "DATA/cbgrid/gpp.nc"' in cfg and "variable: nep" in files["yaml"].read_text()
+
+
+def test_export_ilamb_sites_is_time_by_data_with_site_positions(store, tmp_path):
+    from cbgrid import export
+
+    files = export.ilamb_sites(store, tmp_path / "sites")
+    ds = xr.open_dataset(files["gpp"])
+    assert ds["gpp"].dims == ("time", "data") and ds.sizes["data"] == store.sizes["site"]
+    assert ds["lat"].dims == ("data",) and list(ds["site_name"].values) == [str(s) for s in store[SITE].values]
+    want = store[GPP].isel(site=0).to_series().resample("MS").mean().values
+    np.testing.assert_allclose(ds["gpp"].isel(data=0).values, want, rtol=1e-5)
+    np.testing.assert_allclose(xr.open_dataset(files["nep"])["nep"].values, -xr.open_dataset(files["nee"])["nee"].values)
+
+
+def test_ilamb_scores_the_export_where_installed(store, tmp_path):
+    """Runs ILAMB 2.7 (ilamb-run, needs an MPI runtime) on the site export against a CMIP-style model."""
+    import shutil
+    import subprocess
+
+    pytest.importorskip("ILAMB")
+    if shutil.which("ilamb-run") is None or shutil.which("mpirun") is None:
+        pytest.skip("ilamb-run or an MPI runtime is not installed")
+    from cbgrid import export
+
+    root = tmp_path / "root"
+    export.ilamb_sites(store, root / "DATA" / "cbgrid")
+    model = root / "MODELS" / "TWIN"
+    model.mkdir(parents=True)
+    ds = testing.cmip_model(LAT, LON, "2001-01-01", "2002-12-31", truth=_truth(store, noise=0.5), variables=("gpp",))
+    ds.to_netcdf(model / "gpp_Lmon_TWIN.nc")
+    cfg = tmp_path / "sites.cfg"
+    cfg.write_text('[h1: Ecosystem and Carbon Cycle]\n[h2: Gross Primary Productivity]\nvariable = "gpp"\n\n'
+                   '[CBGRID]\nsource = "DATA/cbgrid/gpp.nc"\n')
+    res = subprocess.run(["ilamb-run", "--config", str(cfg), "--model_root", str(root / "MODELS"),
+                          "--build_dir", str(tmp_path / "_build")], capture_output=True, text=True, timeout=600,
+                         env={**__import__("os").environ, "ILAMB_ROOT": str(root)})
+    assert res.returncode == 0, res.stderr[-2000:]
+    scores = list((tmp_path / "_build").rglob("scalar_database.csv")) or list((tmp_path / "_build").rglob("*.csv"))
+    assert scores, "ILAMB wrote no scores"
