@@ -114,7 +114,8 @@ class Totals:
         return pd.DataFrame(rows, columns=COLUMNS)
 
     def attrs(self) -> dict:
-        """Global attributes: each year's global and zonal totals per flux, with their spreads."""
+        """Global attributes: each year's global and zonal totals per flux, with their spreads, and
+        the days behind each (fewer than the year's where the file covers part of it)."""
         yearly = self.table("year")
         out: dict = {"totals_comment": (
             "Pg C per year: sum over days and cells of flux x cell_area x land_fraction; *_sd is the sum of "
@@ -130,6 +131,9 @@ class Totals:
                     for region, z in sub.groupby("region", sort=False):
                         out[f"total_{name}_{region.replace('-', '_to_')}_PgC_per_year"] = np.round(z["total_PgC"].to_numpy(), 4)
         out["total_years"] = " ".join(sorted(yearly["period"].unique()))
+        days = yearly.drop_duplicates("period").sort_values("period")["days"].to_numpy()
+        # a file covering part of a year sums the days it has: the year's total needs them all
+        out["total_days_per_year"] = days.astype(np.int32)
         return out
 
 

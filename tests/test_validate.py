@@ -317,5 +317,9 @@ def test_ilamb_scores_the_export_where_installed(store, tmp_path):
                           "--build_dir", str(tmp_path / "_build")], capture_output=True, text=True, timeout=600,
                          env={**__import__("os").environ, "ILAMB_ROOT": str(root)})
     assert res.returncode == 0, res.stderr[-2000:]
-    scores = list((tmp_path / "_build").rglob("scalar_database.csv")) or list((tmp_path / "_build").rglob("*.csv"))
-    assert scores, "ILAMB wrote no scores"
+    found = list((tmp_path / "_build").rglob("scalar_database.csv"))
+    assert found, f"ILAMB wrote no scores: {res.stdout[-2000:]}"
+    table = pd.read_csv(found[0])
+    got = table[(table["Model"] == "TWIN") & (table["ScalarType"] == "score")].set_index("ScalarName")["Data"]
+    assert {"Bias Score", "RMSE Score", "Seasonal Cycle Score"} <= set(got.index), got
+    assert ((got > 0) & (got <= 1)).all()
