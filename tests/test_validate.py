@@ -323,3 +323,59 @@ def test_ilamb_scores_the_export_where_installed(store, tmp_path):
     got = table[(table["Model"] == "TWIN") & (table["ScalarType"] == "score")].set_index("ScalarName")["Data"]
     assert {"Bias Score", "RMSE Score", "Seasonal Cycle Score"} <= set(got.index), got
     assert ((got > 0) & (got <= 1)).all()
+
+
+# ---------------------------------------------------------------------------------------- on the grid
+@pytest.fixture(scope="module")
+def product_file(tmp_path_factory):
+    from cbgrid import product
+    from cbgrid.grid import Grid
+
+    g = Grid(10.0)
+    days = pd.date_range("2003-01-01", "2003-03-31")
+    f = testing.random_fluxes(g.lat, g.lon, days, seed=5)
+    ctx = testing.random_context(g.lat, g.lon, seed=5)
+    path = tmp_path_factory.mktemp("prod") / "p.nc"
+    product.write_product(f, path, context=ctx, attrs=product.global_attrs(title="t", source="s", runs=[]))
+    truth = xr.Dataset({"GPP_true": f["GPP"].where(f["RECO"].notnull()), "RECO_true": f["RECO"].where(f["GPP"].notnull())})
+    return path, truth, g
+
+
+def test_a_model_equal_to_the_product_has_no_bias_and_the_same_totals(product_file, tmp_path):
+    pytest.importorskip("xarray_regrid")
+    from cbgrid import compare
+
+    path, truth, g = product_file
+    m = testing.cmip_model(g.lat, g.lon, "2003-01-01", "2003-03-31", truth=truth, variables=("gpp", "ra", "rh", "nep"))
+    m.to_netcdf(tmp_path / "m.nc")
+    c = compare.compare_with_product([tmp_path / "m.nc"], [path], tmp_path / "cmp", plots_=False)
+    assert c.regridded == "none (same grid)"
+    assert float(np.nanmax(np.abs(c.maps["GPP_bias"]))) < 1e-5
+    r = c.maps["GPP_correlation"].values
+    assert np.nanmin(r[np.isfinite(r)]) > 0.9999
+    t = c.totals.pivot_table(index=["year", "variable"], columns="source", values="total_PgC")
+    np.testing.assert_allclose(t["model"], t["product"], rtol=1e-5)
+    seas = c.seasonal.query("kind == 'zonal' and variable == 'RECO'").pivot_table(
+        index=["region", "month"], columns="source", values="mean")
+    np.testing.assert_allclose(seas["model"], seas["product"], rtol=1e-5)
+    for f in ("maps.nc", "zonal_means.csv", "seasonal_cycle.csv", "totals.csv"):
+        assert (tmp_path / "cmp" / f).exists()
+
+
+def test_a_coarser_model_is_compared_on_its_grid_and_no_common_period_is_an_error(product_file, tmp_path):
+    pytest.importorskip("xarray_regrid")
+    from cbgrid import compare
+
+    path, truth, g = product_file
+    coarse = truth.coarsen(lat=2, lon=2).mean()
+    m = testing.cmip_model(coarse.lat.values, coarse.lon.values, "2003-01-01", "2003-03-31", truth=coarse)
+    m.to_netcdf(tmp_path / "m.nc")
+    c = compare.compare_with_product([tmp_path / "m.nc"], [path], tmp_path / "cmp", plots_=True)
+    assert c.regridded.startswith("product to the model grid (20 degree)")
+    assert c.maps.sizes == {"lat": 9, "lon": 18} and (tmp_path / "cmp" / "bias_GPP.png").exists()
+    late = testing.cmip_model(g.lat, g.lon, "1990-01-01", "1990-03-31", truth=truth.assign_coords(
+        time=pd.date_range("1990-01-01", periods=truth.sizes["time"])))
+    late.to_netcdf(tmp_path / "late.nc")
+    with pytest.raises(InputError, match="share no month"):
+        compare.compare_with_product([tmp_path / "late.nc"], [path], tmp_path / "cmp2")
+    assert not (tmp_path / "cmp2").exists()

@@ -6,8 +6,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from cbgrid import esm
+from cbgrid import compare, esm
 from cbgrid import validate as val
+from cbgrid.errors import InputError
+from cbgrid.evaluation import markdown_table
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -24,7 +26,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("models", nargs="+", type=Path, metavar="MODEL_FILE",
                    help="NetCDF/Zarr files of one model (variables or periods in separate files)")
-    p.add_argument("--store", required=True, type=Path, help="benchmark store (observations)")
+    p.add_argument("--store", type=Path, default=None, help="benchmark store (observations): score at the towers")
+    p.add_argument("--product", nargs="+", type=Path, default=None, metavar="PRODUCT_FILE",
+                   help="compare with cbgrid products on the grid instead (conservative regridding, bias/RMSE/"
+                        "correlation maps, zonal means, seasonal cycles, totals)")
     p.add_argument("--out", required=True, type=Path, help="report directory (created; replaced when complete)")
     p.add_argument("--split", type=Path, default=None,
                    help="split CSV: score its test sites only (default: all sites, none of which a process model saw)")
@@ -42,6 +47,15 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_validate(args) -> int:
+    if (args.store is None) == (args.product is None):
+        raise InputError("give --store STORE (score at the towers) or --product FILES (compare on the grid)")
+    if args.product is not None:
+        c = compare.compare_with_product(args.models, args.product, args.out, targets=args.variables,
+                                         mapping=esm.mapping_from_args(args.mapping), plots_=not args.no_plots)
+        print(f"regridded: {c.regridded}\n")
+        print(markdown_table(c.totals))
+        print(f"\nmaps, zonal means, seasonal cycles, totals: {c.path}")
+        return 0
     v = val.validate_sites(args.models, args.store, args.out, split=args.split, targets=args.variables,
                            method=args.method, min_days=args.min_days, min_scored=args.min_scored,
                            mapping=esm.mapping_from_args(args.mapping), separate=args.separate,
