@@ -370,7 +370,7 @@ def test_a_coarser_model_is_compared_on_its_grid_and_no_common_period_is_an_erro
     coarse = truth.coarsen(lat=2, lon=2).mean()
     m = testing.cmip_model(coarse.lat.values, coarse.lon.values, "2003-01-01", "2003-03-31", truth=coarse)
     m.to_netcdf(tmp_path / "m.nc")
-    c = compare.compare_with_product([tmp_path / "m.nc"], [path], tmp_path / "cmp", plots_=True)
+    c = compare.compare_with_product([tmp_path / "m.nc"], [path], tmp_path / "cmp", plots_=True, targets=["GPP"])
     assert c.regridded.startswith("product to the model grid (20 degree)")
     assert c.maps.sizes == {"lat": 9, "lon": 18} and (tmp_path / "cmp" / "bias_GPP.png").exists()
     late = testing.cmip_model(g.lat, g.lon, "1990-01-01", "1990-03-31", truth=truth.assign_coords(
@@ -379,3 +379,18 @@ def test_a_coarser_model_is_compared_on_its_grid_and_no_common_period_is_an_erro
     with pytest.raises(InputError, match="share no month"):
         compare.compare_with_product([tmp_path / "late.nc"], [path], tmp_path / "cmp2")
     assert not (tmp_path / "cmp2").exists()
+
+
+def test_cli_export_and_validate_product(product_file, tmp_path, capsys):
+    pytest.importorskip("xarray_regrid")
+    path, truth, g = product_file
+    rc = main(["-q", "export", "ilamb", str(path), "--out", str(tmp_path / "ilamb")])
+    assert rc == 0 and sorted(p.name for p in (tmp_path / "ilamb").iterdir()) == [
+        "gpp.nc", "ilamb.cfg", "ilamb3.yaml", "nee.nc", "nep.nc", "reco.nc"]
+    m = testing.cmip_model(g.lat, g.lon, "2003-01-01", "2003-03-31", truth=truth)
+    m.to_netcdf(tmp_path / "m.nc")
+    rc = main(["-q", "validate", str(tmp_path / "m.nc"), "--product", str(path), "--out", str(tmp_path / "cmp"),
+               "--no-plots"])
+    assert rc == 0 and "none (same grid)" in capsys.readouterr().out
+    rc = main(["-q", "validate", str(tmp_path / "m.nc"), "--out", str(tmp_path / "x")])
+    assert rc == 2 and "--store STORE" in capsys.readouterr().err
