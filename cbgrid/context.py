@@ -193,6 +193,10 @@ def _fill_nearest(codes: np.ndarray, need: np.ndarray, missing: int = 0) -> np.n
     return out
 
 
+#: Changes whenever the way a context is computed changes, so cached contexts are recomputed.
+CONTEXT_VERSION = "2: partly-land cells take their majority land class"
+
+
 def _cache_dir() -> Path:
     """Where computed grid contexts are kept: $CBGRID_CACHE, else ~/.cache/cbgrid."""
     return Path(os.environ.get("CBGRID_CACHE") or Path.home() / ".cache" / "cbgrid")
@@ -200,7 +204,7 @@ def _cache_dir() -> Path:
 
 def _context_key(lat: np.ndarray, lon: np.ndarray) -> str:
     """A name for a grid's context that changes with the grid and with the raster files."""
-    h = hashlib.sha1(lat.tobytes() + lon.tobytes())
+    h = hashlib.sha1(lat.tobytes() + lon.tobytes() + CONTEXT_VERSION.encode())
     for name in (IGBP_RASTER, KOPPEN_RASTER):
         st = Path(catalog.raster_path(name)).stat()
         h.update(f"{name}:{st.st_size}:{int(st.st_mtime)}".encode())
@@ -211,10 +215,16 @@ def _compute_context(lat: np.ndarray, lon: np.ndarray) -> xr.Dataset:
     import dask
 
     igbp, land_fraction = igbp_on_grid(lat, lon)
+    land_class, _ = _on_grid(IGBP_RASTER, lat, lon, np.arange(1, 17), IGBP_NODATA, np.arange(1, 17))
     koppen = koppen_on_grid(lat, lon)
-    igbp, land_fraction, koppen = dask.compute(igbp, land_fraction, koppen)
+    igbp, land_fraction, land_class, koppen = dask.compute(igbp, land_fraction, land_class, koppen)
     ig = np.asarray(igbp.values).astype(np.int16)
     ig[(ig < 0) | (ig > 16)] = -1  # nodata
+    # A coastal cell whose majority is water still has land: it takes its majority land class
+    # and is modelled; totals weight it by its land fraction (5 % of land area at 1 degree).
+    lc = np.asarray(land_class.values).astype(np.int16)
+    partly = (ig == 0) & (np.asarray(land_fraction.values) > 0) & (lc >= 1) & (lc <= 16)
+    ig[partly] = lc[partly]
     modelled = (ig >= 1) & ~np.isin(ig, MASKED_IGBP)
     # Majority classes come from different rasters: a land cell whose Beck pixels are all
     # ocean (coasts, small islands) takes the class of the nearest cell that has one.
@@ -255,8 +265,10 @@ def _grid_context_cached(lat_key: bytes, lon_key: bytes, use_disk: bool) -> xr.D
 def grid_context(lat, lon, *, cache: bool = True) -> xr.Dataset:
     """IGBP and Köppen class, land fraction, cell area and the modelled-cell mask of a grid.
 
-    IGBP is the majority MCD12C1 0.05° class in each cell, Köppen the majority Beck et al.
-    class; cells whose majority is water (0) or permanent snow/ice (15) are not modelled.
+    IGBP is the majority MCD12C1 0.05° class in each cell — for a cell whose majority is water
+    but that has land, the majority land class, so coastal cells are modelled and count by
+    their land fraction — and Köppen the majority Beck et al. class; cells without land (0)
+    or whose majority is permanent snow/ice (15) are not modelled.
     Aggregating the rasters takes tens of seconds, so results are kept per grid and raster
     version in ``$CBGRID_CACHE`` (default ``~/.cache/cbgrid``) unless ``cache=False``, and in
     memory for the life of the process.

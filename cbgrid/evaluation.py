@@ -220,6 +220,7 @@ def evaluate(
     min_days: int = MIN_QC_DAYS,
     metrics: Sequence[Metric] = METRICS,
     log_exclusions: bool = True,
+    counted: str = "QC = 1 days",
 ) -> xr.Dataset:
     """Score predictions on the test sites of ``split``, on QC = 1 days only.
 
@@ -233,6 +234,7 @@ def evaluate(
         and the ``too_few_qc_days`` status.
     log_exclusions : log which sites were not scored and why (off when scoring the members of
         an ensemble already scored, whose exclusions are the same).
+    counted : what ``min_days`` counts, for the log (monthly scores count months).
 
     Returns
     -------
@@ -344,16 +346,16 @@ def evaluate(
         "period": f"{times[0].date()}..{times[-1].date()}",
     }
     if log_exclusions:
-        _log_exclusions(ds, int(missing_qc_pred.sum()))
+        _log_exclusions(ds, int(missing_qc_pred.sum()), counted)
     return ds
 
 
-def _log_exclusions(ds: xr.Dataset, missing_qc_pred: int) -> None:
+def _log_exclusions(ds: xr.Dataset, missing_qc_pred: int, counted: str = "QC = 1 days") -> None:
     label = f"{ds.attrs['model']} ({ds.attrs['split']})"
     if missing_qc_pred:
         log.info("%s: %d observed QC = 1 site-days have no prediction and are not scored", label, missing_qc_pred)
     why = {
-        TOO_FEW_DAYS: f"have fewer than {ds.attrs['min_days']} QC = 1 days; not scored",
+        TOO_FEW_DAYS: f"have fewer than {ds.attrs['min_days']} {counted}; not scored",
         CONSTANT_OBSERVATIONS: "have constant observations; R2 and RAE are NaN",
         ZERO_MEAN_OBSERVATIONS: "have a site mean of observations of zero; nMAE is NaN",
         NO_PREDICTION: "have no prediction; not scored",
@@ -531,7 +533,8 @@ def published_comparison(frame: pd.DataFrame, feature_set: str | None = None) ->
     ``frame`` is a ``to_frame`` table of an ``official-igbp``/``official-koppen`` split. Rows
     are restricted to sites scored in ``frame`` (same layout, columns R2, RMSE, nMAE, RAE),
     so quantiles compare like with like. Published baselines are given in ``feature_set``
-    (default: the run's) where they have it, otherwise in the one feature set they have.
+    (default: the run's; ``full`` when that is no published feature set) where they have it,
+    otherwise in the one feature set they have.
     """
 
     split = str(frame["split"].iloc[0])
@@ -540,6 +543,10 @@ def published_comparison(frame: pd.DataFrame, feature_set: str | None = None) ->
     feature_set = feature_set or str(frame["feature_set"].iloc[0])
     pub = catalog.published_scores()
     pub = pub[pub["split_type"] == OFFICIAL_SPLITS[split]]
+    if feature_set not in set(pub["feature_set"]):
+        # not a published feature set (e.g. a process model's output): each baseline in its
+        # full set where it has one, so no model's sites are counted once per feature set
+        feature_set = "full"
     have = pub.groupby("model")["feature_set"].agg(set)
     keep = pub.apply(lambda r: r["feature_set"] == feature_set or feature_set not in have[r["model"]], axis=1)
     pub = pub[keep]

@@ -123,6 +123,8 @@ def claim(folder, ens: Mapping, *, overwrite: bool = False) -> Iterator[Claim]:
             p.unlink(missing_ok=True)
         doc = read(folder)
         ens = json.loads(json.dumps(dict(ens)))  # the JSON form, as it will be compared next time
+        if doc is not None and not doc["files"]:
+            doc = None  # an ensemble that failed before its first file: nothing of it to mix
         if doc is not None and doc["ensemble"] != ens:
             if not overwrite:
                 raise ExistsError(

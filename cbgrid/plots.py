@@ -280,3 +280,30 @@ def quicklooks(path) -> list[Path]:
             quicklook(ds[name].mean("time", keep_attrs=True), png, title=f"{path.stem}: {name} (period mean)")
             out.append(png)
     return out
+
+
+def comparison_maps(maps: xr.Dataset, variable: str):
+    """Bias, RMSE and correlation maps of a model against a product (``cbgrid.compare``)."""
+    plt = _plt()
+    panels = [("bias", "RdBu_r", True), ("rmse", "viridis", False), ("correlation", "RdBu_r", True)]
+    fig, axes = plt.subplots(3, 1, figsize=(9, 11), layout="constrained")
+    for ax, (kind, cmap, centred) in zip(axes, panels):
+        da = maps[f"{variable}_{kind}"].transpose("lat", "lon").sortby("lat")
+        vals = np.asarray(da.values, dtype=float)
+        ok = np.isfinite(vals)
+        lo, hi = (np.percentile(vals[ok], [2, 98]) if ok.any() else (0.0, 1.0))
+        if kind == "correlation":
+            lo, hi = -1.0, 1.0
+        elif centred:
+            lim = max(abs(lo), abs(hi), 1e-9)
+            lo, hi = -lim, lim
+        lat, lon = da["lat"].values, da["lon"].values
+        dy = abs(lat[1] - lat[0]) / 2 if lat.size > 1 else 0.5
+        dx = abs(lon[1] - lon[0]) / 2 if lon.size > 1 else 0.5
+        ax.set_facecolor("0.85")
+        im = ax.imshow(np.where(ok, vals, np.nan), origin="lower", cmap=cmap, vmin=lo, vmax=hi,
+                       extent=(lon[0] - dx, lon[-1] + dx, lat[0] - dy, lat[-1] + dy), interpolation="nearest")
+        fig.colorbar(im, ax=ax, shrink=0.85, label=f"{kind} ({da.attrs.get('units', '')})")
+        ax.set_title(f"{variable} {kind}: {maps.attrs.get('model', 'model')} vs product ({maps.attrs.get('period', '')})",
+                     fontsize=10)
+    return fig

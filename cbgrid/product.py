@@ -35,8 +35,10 @@ import pandas as pd
 import xarray as xr
 
 from cbgrid import __version__, schema
+from cbgrid.atomic import replace_file
 from cbgrid.errors import InputError, MissingError, ServiceError
 from cbgrid.grid import EARTH_RADIUS, bounds, cell_area
+from cbgrid.totals import Totals
 
 log = logging.getLogger(__name__)
 
@@ -114,22 +116,59 @@ def score_attrs(summary: pd.DataFrame | None, split: str | None = None) -> dict:
     return out
 
 
+#: The conventions every product follows: CF for the data, ACDD for discovery metadata.
+CONVENTIONS = "CF-1.8, ACDD-1.3"
+LICENSE = "CC-BY-4.0 (https://creativecommons.org/licenses/by/4.0/)"
+
+
+def _command_line() -> str:
+    """The command that made the file, with file names only: no local path leaves the machine."""
+    words = [Path(sys.argv[0]).name or "python", *sys.argv[1:]]
+    return " ".join(Path(w).name if ("/" in w or os.sep in w) else w for w in words)
+
+
 def global_attrs(*, title: str, source: str, runs, institution: str = "unspecified",
-                 references: str = "", comment: str = "", extra: Mapping | None = None) -> dict:
-    """Provenance attributes every product carries (CF-1.8 section 2.6.2)."""
+                 references: str = "", comment: str = "", extra: Mapping | None = None,
+                 summary: str = "", license: str = LICENSE, creator_name: str = "",
+                 creator_email: str = "", creator_url: str = "", creator_type: str = "institution") -> dict:
+    """Provenance (CF-1.8 section 2.6.2) and ACDD-1.3 discovery attributes every product carries.
+
+    ``history`` names the command with file names only (no local paths), ``runs`` the run
+    folders by name. The time and space coverage (``time_coverage_*``, ``geospatial_*``) is
+    added by the writer, which knows the grid and the days.
+
+    >>> a = global_attrs(title="t", source="s", runs=["/home/me/runs/xgb"])
+    >>> a["runs"], "/home" in a["history"], a["Conventions"]
+    ('xgb', False, 'CF-1.8, ACDD-1.3')
+    """
     now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
     attrs = {
-        "Conventions": "CF-1.8",
+        "Conventions": CONVENTIONS,
         "title": title,
+        "summary": summary or (
+            "Daily gross primary productivity (GPP), ecosystem respiration (RECO) and net ecosystem exchange "
+            "(NEE = RECO - GPP) of carbon on a regular latitude-longitude grid, predicted zero-shot by machine-"
+            "learning models trained on eddy-covariance flux-tower sites (CarbonBench) and run on gridded "
+            "meteorological and satellite drivers, with the ensemble spread as an uncertainty layer."),
+        "keywords": "carbon flux, GPP, ecosystem respiration, NEE, eddy covariance, upscaling, CarbonBench",
         "institution": institution,
         "source": source,
-        "history": f"{now}: created by cbgrid {__version__} ({' '.join(sys.argv[:1] + sys.argv[1:])})".strip(),
+        "history": f"{now}: created by cbgrid {__version__} ({_command_line()})",
         "references": references or "CarbonBench zero-shot upscaling benchmark; IGBP from MODIS MCD12C1 "
         "(Friedl & Sulla-Menashe 2015); Koppen-Geiger from Beck et al. (2018), doi:10.1038/sdata.2018.214",
         "comment": comment or "Daily NEE/GPP/RECO from models trained on flux-tower sites and run on gridded drivers. "
-        "Ocean, inland water (IGBP 0) and permanent snow/ice (IGBP 15) are _FillValue.",
-        "runs": " ".join(str(r) for r in runs),
+        "Cells without land and cells whose majority is permanent snow/ice (IGBP 15) are _FillValue; fluxes are per "
+        "m2 of land, so a cell's total is flux x cell_area x land_fraction.",
+        "license": license,
+        "creator_name": creator_name or institution,
+        "creator_type": creator_type,
+        "creator_email": creator_email or "unspecified",
+        "creator_url": creator_url or "unspecified",
+        "standard_name_vocabulary": "CF Standard Name Table v84",
+        "product_version": __version__,
+        "date_created": now,
+        "runs": " ".join(Path(str(r)).name for r in runs),
         "ensemble": "mean of the runs' seed-averaged predictions; *_sd is the standard deviation across all "
         "members (seeds x runs, each run weighted equally: sd^2 = mean_r(sd_r^2 + (mean_r - mean)^2))",
         "nee_balance": "NEE = RECO - GPP in float32, exact in every cell",
@@ -137,6 +176,36 @@ def global_attrs(*, title: str, source: str, runs, institution: str = "unspecifi
     if extra:
         attrs.update({k: v for k, v in extra.items() if v is not None})
     return attrs
+
+
+def coverage_attrs(lat, lon, days) -> dict:
+    """ACDD time and space coverage of a grid and its days.
+
+    >>> coverage_attrs([-45.0, 45.0], [0.0, 90.0], pd.date_range("2001-01-01", periods=2))["time_coverage_end"]
+    '2001-01-03T00:00:00Z'
+    """
+    lat, lon, days = np.asarray(lat, float), np.asarray(lon, float), pd.DatetimeIndex(days)
+    lb = bounds(lat, -90, 90) if lat.size > 1 else np.array([[lat[0], lat[0]]])
+    ob = bounds(lon) if lon.size > 1 else np.array([[lon[0], lon[0]]])
+    res_lat = float(abs(lb[0, 1] - lb[0, 0])) if lat.size > 1 else 0.0
+    res_lon = float(abs(ob[0, 1] - ob[0, 0])) if lon.size > 1 else 0.0
+    return {
+        "time_coverage_start": f"{days[0]:%Y-%m-%dT00:00:00Z}",
+        "time_coverage_end": f"{days[-1] + pd.Timedelta(days=1):%Y-%m-%dT00:00:00Z}",
+        "time_coverage_duration": f"P{len(days)}D",
+        "time_coverage_resolution": "P1D",
+        "geospatial_lat_min": float(lb.min()), "geospatial_lat_max": float(lb.max()),
+        "geospatial_lon_min": float(ob.min()), "geospatial_lon_max": float(ob.max()),
+        "geospatial_lat_units": "degrees_north", "geospatial_lon_units": "degrees_east",
+        "geospatial_lat_resolution": f"{res_lat:g} degree", "geospatial_lon_resolution": f"{res_lon:g} degree",
+    }
+
+
+def totals_path(path) -> Path:
+    """Where the product at ``path`` keeps its totals table: ``<stem>_totals.csv`` beside it."""
+    path = Path(path)
+    return path.with_name(f"{path.stem}_totals.csv")
+
 
 # --------------------------------------------------------------------------------------------
 # Writer
@@ -170,6 +239,9 @@ class ProductWriter:
         self.complevel = complevel
         self.tmp = self.path.with_name(f".{self.path.stem}.tmp-{uuid.uuid4().hex[:8]}.nc")
         self._nc = None
+        self.totals = Totals(self.lat, self.lon, self.days, land_fraction=context["land_fraction"].values,
+                             igbp=context["igbp"].values,
+                             cell_area=context["cell_area"].values if "cell_area" in context else None)
 
     # -- context manager -------------------------------------------------------------------
     def __enter__(self) -> ProductWriter:
@@ -180,14 +252,23 @@ class ProductWriter:
     def __exit__(self, exc_type, exc, tb) -> None:
         try:
             if self._nc is not None:
+                if exc_type is None and self.totals.sums:
+                    self._nc.setncatts(self.totals.attrs() | {"totals_file": totals_path(self.path).name})
                 self._nc.close()
                 self._nc = None
-        finally:
-            if exc_type is None:
-                os.replace(self.tmp, self.path)
-                log.info("wrote %s", self.path)
-            else:
-                self.tmp.unlink(missing_ok=True)
+        except BaseException:
+            self.tmp.unlink(missing_ok=True)
+            raise
+        if exc_type is None:
+            if self.totals.sums:
+                table = pd.concat([self.totals.table("month").assign(resolution="month"),
+                                   self.totals.table("year").assign(resolution="year")], ignore_index=True)
+                with replace_file(totals_path(self.path)) as tmp:
+                    table.to_csv(tmp, index=False)
+            os.replace(self.tmp, self.path)
+            log.info("wrote %s", self.path)
+        else:
+            self.tmp.unlink(missing_ok=True)
 
     # -- layout ----------------------------------------------------------------------------
     def _create(self) -> None:
@@ -256,7 +337,7 @@ class ProductWriter:
                           "comment": "spread across all ensemble members (seeds x runs); an uncertainty layer"})
             if name == "NEE":
                 sd.comment += "; from the members' own NEE outputs"
-        nc.setncatts(self.attrs)
+        nc.setncatts({**coverage_attrs(self.lat, self.lon, self.days), **self.attrs})
 
     # -- data ------------------------------------------------------------------------------
     def set_attrs(self, attrs: Mapping) -> None:
@@ -282,6 +363,7 @@ class ProductWriter:
             if name.endswith("_sd"):
                 arr = np.where(bad | ~np.isfinite(arr), np.float32(np.nan), arr)
             self._nc[name][sl] = np.ma.masked_invalid(arr)
+            self.totals.add(i0, j0, **{name: arr})
 
 
 def write_product(fluxes: xr.Dataset, path, *, context: xr.Dataset, attrs: Mapping,
@@ -320,8 +402,8 @@ def check_product(path) -> list[str]:
     problems: list[str] = []
     with netCDF4.Dataset(path) as nc:
         nc.set_auto_mask(False)
-        if nc.getncattr("Conventions") != "CF-1.8":
-            problems.append(f"Conventions is {nc.getncattr('Conventions')!r}, not 'CF-1.8'")
+        if not str(nc.getncattr("Conventions")).startswith("CF-1.8"):
+            problems.append(f"Conventions is {nc.getncattr('Conventions')!r}, not 'CF-1.8' (or 'CF-1.8, ACDD-1.3')")
         for name in (*FLUXES, *(f"{f}_sd" for f in FLUXES)):
             if name not in nc.variables:
                 problems.append(f"variable {name} is missing")

@@ -237,7 +237,16 @@ def write_report(runs, out, *, store=None, split=None, min_days: int | None = No
     return report
 
 
-def _write(out: Path, experiments: list[Experiment], *, sites, plots: bool) -> Report:
+def write_experiments(out: Path, experiments: list[Experiment], *, sites=None, plots: bool = True,
+                      notes=()) -> Report:
+    """Write the report of experiments already scored (e.g. model output at the towers,
+    ``cbgrid.validate``) into folder ``out``; ``notes`` are Markdown lines for report.md."""
+    if not experiments:
+        raise InputError("no experiments to report")
+    return _write(Path(out), experiments, sites=sites, plots=plots, notes=notes)
+
+
+def _write(out: Path, experiments: list[Experiment], *, sites, plots: bool, notes=()) -> Report:
     out.mkdir(parents=True, exist_ok=True)
 
     scores = combine(experiments)
@@ -295,7 +304,7 @@ def _write(out: Path, experiments: list[Experiment], *, sites, plots: bool) -> R
     if plots:
         figures = _plots(out, experiments, pd.concat([mine, pub_all]) if pub_all is not None else mine,
                          breakdowns["igbp"], breakdowns["koppen"], sites)
-    _write_index(out, experiments, summary, md, bad, pub_all, written, figures)
+    _write_index(out, experiments, summary, md, bad, pub_all, written, figures, notes)
     return Report(out, experiments, summary, ev.markdown_table(md), written, figures)
 
 
@@ -361,7 +370,7 @@ def _example_sites(scores, target) -> list[str]:
     return list(dict.fromkeys(picks))
 
 
-def _write_index(out, experiments, summary, md, bad, pub_all, written, figures) -> None:
+def _write_index(out, experiments, summary, md, bad, pub_all, written, figures, notes=()) -> None:
     lines = ["# Zero-shot evaluation report", ""]
     min_days = sorted({int(e.scores.attrs["min_days"]) for e in experiments})
     fewest = " or ".join(str(m) for m in min_days)
@@ -384,6 +393,8 @@ def _write_index(out, experiments, summary, md, bad, pub_all, written, figures) 
         n_bad = int((s["status"] != 0).any("target").sum())
         lines.append(f"| {'/'.join(e.key)} | {e.key[3]} | {len(e.runs)} | {s.sizes['site']} | {n_scored} | {n_bad} | "
                      f"{s.attrs['min_days']} |")
+    if notes:
+        lines += ["", *notes]
     lines += ["", "## Summary", "", ev.markdown_table(md), ""]
     lines.append("n = sites with a score for that target (R² and RAE leave out sites with constant "
                  "observations, nMAE sites with a zero mean; exact counts per metric in summary.csv).")

