@@ -1,0 +1,7 @@
+"""``python -m cbgrid`` runs the ``cbgrid`` command."""
+
+import sys
+
+from cbgrid.cli import main
+
+sys.exit(main())
