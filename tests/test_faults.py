@@ -563,7 +563,8 @@ def test_a_signal_during_ingest_leaves_the_old_store(world, sig, after):
     p.send_signal(sig)
     _, err = p.communicate(timeout=600)
     assert p.returncode in (0, 130, -signal.SIGKILL, -signal.SIGINT), err  # finished, or stopped by the signal
-    assert "Traceback" not in err, err
+    # a SIGINT while Python itself starts (before cbgrid's code runs) is Python's own traceback
+    assert "Traceback" not in err or "cbgrid/cli/__init__.py" not in err, err
     # whatever the timing, the next command sees the old store or the new one, whole
     assert main(["-q", "info", str(world.store)]) == 0
     now = store_sites(world)
