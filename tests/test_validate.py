@@ -394,3 +394,11 @@ def test_cli_export_and_validate_product(product_file, tmp_path, capsys):
     assert rc == 0 and "none (same grid)" in capsys.readouterr().out
     rc = main(["-q", "validate", str(tmp_path / "m.nc"), "--out", str(tmp_path / "x")])
     assert rc == 2 and "--store STORE" in capsys.readouterr().err
+
+
+def test_a_cbgrid_product_opens_as_a_daily_model(product_file):
+    path, truth, g = product_file
+    m = esm.open_model(path)
+    assert m.attrs["time_scale"] == "daily" and set(m.data_vars) == {GPP, RECO, NEE}
+    assert m.attrs["derivation"] == "GPP = GPP; RECO = RECO; NEE = NEE" and m.sizes["time"] == 90
+    np.testing.assert_allclose(m[GPP].isel(time=5).values, truth["GPP_true"].isel(time=5).values, rtol=1e-6)
