@@ -51,6 +51,7 @@ GOOD = HEADER + rows()
 @dataclass
 class World:
     root: Path
+    env: pytest.MonkeyPatch | None = None
 
     def __getattr__(self, name):  # world.store, world.run, ... are paths under root
         return self.root / {"store": "s.zarr", "split": "split.csv", "run": "run", "report": "report",
@@ -108,7 +109,7 @@ def world(pristine, tmp_path, monkeypatch):
     for cfg in [root / "run" / "config.json"]:
         cfg.write_text(cfg.read_text().replace(str(pristine), str(root)))
     monkeypatch.chdir(root)
-    return World(root)
+    return World(root, monkeypatch)
 
 
 def snapshot(root: Path) -> dict[str, str]:
@@ -468,6 +469,17 @@ case("upscale-output-is-a-file", lambda w: [w.file("products", "x"), "upscale", 
      "output folder .*products is a file", changes=("r.yaml", "products"))
 case("upscale-truth-needs-twin", lambda w: ["upscale", w.recipe(drivers={"source": "local", "paths": ["x.nc"], "_replace": True}),
                                             "--truth"], "--truth needs twin drivers|x.nc", changes=("r.yaml",))
+
+
+def _no_ee_credentials(w):
+    for k in ("GOOGLE_APPLICATION_CREDENTIALS", "EARTHENGINE_PROJECT"):
+        w.env.delenv(k, raising=False)
+    w.env.setenv("HOME", str(w.root))  # no ~/.config/earthengine credentials
+    return ["upscale", w.recipe(drivers={"source": "earthengine", "project": "my-project", "feature_set": "minimal",
+                                         "_replace": True}), "--no-quicklook"]
+
+
+case("upscale-earthengine-no-credentials", _no_ee_credentials, "Earth Engine", changes=("r.yaml", "products", ".cache"))
 
 
 def _other_ensemble(w):
