@@ -25,10 +25,11 @@ that applies it is listed in docs/import.md:
   values kept as stored (no ``-9999`` replacement: the reference does none); a row feeds the
   store only where its date is a store day (the reference's left join on exact dates).
 
-The feature tables are streamed row group by row group with pyarrow, reading only the needed
-columns: one pass over (date, site) finds each row's (site, day) slot, then the value columns
-are scattered in groups sized by a memory budget (``budget_mb``), so peak memory does not grow
-with the table. A new store is built beside its final path and renamed into place
+Every table is streamed with pyarrow in batches, reading only the needed columns. The target
+table in two passes (the axes, then the rules batch by batch into (site, day) arrays). The
+feature tables: one pass over (date, site) finds each row's (site, day) slot, then the value
+columns are scattered in groups sized by a memory budget (``budget_mb``: the group's arrays and
+the row group pyarrow decodes for them), so peak memory follows the budget, not the table. A new store is built beside its final path and renamed into place
 (:func:`cbgrid.atomic.replace_dir`); an existing one is extended through
 :func:`cbgrid.store.merge`, whose commit record keeps the old store intact on interruption.
 """
