@@ -104,7 +104,8 @@ def recover(path) -> list[str]:
 
 def recover_if_missing(path) -> None:
     """For readers: when ``path`` is absent but an interrupted swap left its previous version,
-    restore it (under the writer lock) instead of reporting that nothing is there.
+    restore it (under the writer lock) instead of reporting that nothing is there; remove the
+    half-written siblings a killed writer left when no writer holds the lock.
 
     >>> import tempfile
     >>> recover_if_missing(Path(tempfile.mkdtemp()) / "nothing.zarr")   # nothing to restore
@@ -113,6 +114,18 @@ def recover_if_missing(path) -> None:
     if not path.exists() and _siblings(path, "old"):
         with writer_lock(path):
             recover(path)
+    elif _siblings(path, "tmp"):
+        # what a killed writer left; removed now unless a writer (this process included: a fresh,
+        # non-singleton lock conflicts with the held one) is at work on it this moment
+        lock = filelock.FileLock(str(_lock_path(path)), is_singleton=False)
+        try:
+            lock.acquire(timeout=0)
+        except filelock.Timeout:
+            return
+        try:
+            recover(path)
+        finally:
+            lock.release()
 
 
 @contextmanager

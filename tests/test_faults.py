@@ -596,8 +596,8 @@ def test_sigkill_during_twin_overwrite_keeps_the_old_store(world, after):
     p.kill()
     _, err = p.communicate(timeout=600)
     assert p.returncode in (0, -signal.SIGKILL), err
-    assert main(["-q", "info", str(world.store)]) == 0
-    assert store_sites(world) in (before, store_sites(world)) and len(store_sites(world)) in (len(before), 20)
+    assert main(["-q", "info", str(world.store)]) == 0  # the next command restores or removes what the kill left
+    assert len(store_sites(world)) in (len(before), 20)
     assert not [q for q in world.root.iterdir() if q.name.startswith(".s.zarr.") and not q.name.endswith(".lock")]
 
 
