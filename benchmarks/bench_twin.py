@@ -85,6 +85,7 @@ def real_us_ar1() -> dict | None:
     df = pd.read_csv(US_AR1, na_values=[-9999, "-9999"])
     qc, nee, gpp = df["NEE_VUT_50_QC"].to_numpy(float), df["NEE_VUT_50"].to_numpy(float), df["GPP_NT_VUT_50"].to_numpy(float)
     return {"qc1_share": float(np.nanmean(qc == 1)), "qc1_persistence": float(twin_model.lag1(twin_model.qc1_indicator(qc)[None])[0]),
+            "qc_lag1": float(twin_model.lag1(qc[None])[0]),
             "nee_lag1": float(twin_model.lag1(nee[None])[0]), "gpp": float(np.nanmean(gpp) * 365.25),
             "nee": float(np.nanmean(nee) * 365.25)}
 
@@ -159,6 +160,8 @@ def main(argv=None) -> int:
     share = float(np.nanmean(ind))
     rows.append(("NEE lag-1 autocorrelation, median", "0.6-0.9", nee_l1, real and real["nee_lag1"], 0.6 <= nee_l1 <= 0.9))
     rows.append(("QC=1 persistence, median", ">= 0.8", pers, real and real["qc1_persistence"], pers >= 0.8))
+    qc_l1 = np.nanmedian(twin_model.lag1(ds["NEE_VUT_USTAR50_QC"].values))
+    rows.append(("QC value lag-1 autocorrelation, median", "-", qc_l1, real and real["qc_lag1"], None))
     rows.append(("QC=1 share of observed days", "US-AR1 ±0.05", share, real and real["qc1_share"],
                  real is not None and abs(share - real["qc1_share"]) <= 0.05))
 

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import numpy as np
 from scipy.signal import oaconvolve
+from scipy.special import ndtr
 
 from cbgrid.errors import InputError
 from cbgrid.sources import twin_rng as rng
@@ -62,6 +63,7 @@ RESIDUE_PULSE = 0.5      # relative rise of heterotrophic respiration after harv
 # observation model
 QC_SWITCH = 0.04         # P(good->poor) + P(poor->good) per day: QC=1 persistence 1 - 0.04
 QC_GOOD, QC_GOOD_SD = 0.54, 0.18  # share of QC=1 days (US-AR1: 0.54) and its sd across sites
+QC_DEFICIT_PHI = 0.9     # day-to-day persistence of the unmeasured fraction within poor runs
 OUTAGES_PER_YEAR = (0.3, 2.0)    # uniform range of the site's outage rate
 OUTAGE_MEDIAN, OUTAGE_LOG_SD, OUTAGE_MAX = 15.0, 1.1, 240  # outage length [d], lognormal, cap
 NEE_SD0, NEE_SD1 = 0.15, 0.05    # NEE error sd = SD0 + SD1 (GPP + RECO) [gC m-2 d-1]
@@ -183,8 +185,9 @@ def observe(seed, keys, fx, days, gpp, reco, s0: int):
     error starts in the spin-up.
     """
     good = qc_chain(seed, keys, fx, days)
-    u2 = rng.uniform(seed, keys, days, _S_QCD1)
-    u3 = rng.uniform(seed, keys, days, _S_QCD2)
+    u2 = ndtr(rng.ar1(rng.normal(seed, keys, days, _S_QCD1), QC_DEFICIT_PHI))
+    # the measured fraction of a poor day drifts: a latent AR(1) mapped to a uniform
+    u3 = ndtr(rng.ar1(rng.normal(seed, keys, days, _S_QCD2), QC_DEFICIT_PHI))
     deficit = np.where(u2 < 0.5, 0.1 * u3, u3 ** (1 / 2.7))
     qc = np.where(good, 1.0, 1.0 - deficit)
     sd = NEE_SD0 + NEE_SD1 * (gpp + reco)
