@@ -53,6 +53,8 @@ MODIS_VARS = MODIS_BANDS + ("SensorZenith", "SensorAzimuth", "SolarZenith", "Sol
 TARGET_VARS = ("GPP_NT_VUT_USTAR50", "RECO_NT_VUT_USTAR50", "NEE_VUT_USTAR50", "NEE_VUT_USTAR50_QC")
 TRUTH_VARS = ("GPP_true", "RECO_true", "NEE_true")
 DRIVER_VARS = ERA5_VARS + MODIS_VARS
+#: ``real`` (default, calibrated) and ``easy`` (strong signal, not representative): twin_model.
+DIFFICULTIES = hard.DIFFICULTIES
 #: The store's class vocabularies (IGBP code = index; Köppen code = index + 1, 0 unknown).
 IGBP_CODES, KOPPEN_CODES = schema.IGBP_CLASSES, schema.KOPPEN_CLASSES
 
