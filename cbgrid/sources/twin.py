@@ -388,9 +388,10 @@ def _process(lat_rad, igbp, kop, keys, seed, c, days, fx=None):
         f_w = np.where((igbp == 11)[:, None], np.maximum(f_w, 0.85), f_w)
         f_water = f_w * np.clip(1.0 - (vpd - 0.8) / fx["vpd_scale"][:, None], 0.25, 1.0)
         gpp = (LUE[igbp] * fx["lue"])[:, None] * _fapar(canopy) * par * _f_temp(t_c, c["topt"][:, None]) \
-            * f_water * hard.drought_legacy(w_deep, fx)
+            * f_water * hard.drought_legacy(w_deep, fx) * hard.daily_variation(seed, keys, days, "gpp")
         fr_w = np.where((igbp == 11)[:, None], 1.0, 0.2 + 0.8 * np.clip(w_eff / 0.35, 0.0, 1.0))
-        resp_unit = _lloyd_taylor(t_c + 273.15, fx["e0"][:, None]) * fr_w * (1.0 + hard.RESIDUE_PULSE * residue)
+        resp_unit = _lloyd_taylor(t_c + 273.15, fx["e0"][:, None]) * fr_w * (1.0 + hard.RESIDUE_PULSE * residue) \
+            * hard.daily_variation(seed, keys, days, "reco")
         reco_auto = fx["k_auto"][:, None] * _ema(gpp, 1 / 7)
     return dict(t_c=t_c, precip=precip, rs=rs, albedo=albedo, et_mm=et_mm, lai=lai, td_c=td_c,
                 w_rel=w_rel, fc=fc, snow_vis=snow_vis, cloud=cloud, gpp=gpp, resp_unit=resp_unit,

@@ -43,17 +43,20 @@ DIFFICULTIES = ("real", "easy")
 # --------------------------------------------------------------------------------------------
 # Parameters (docs/twin.md, "The real difficulty", has the same table)
 # --------------------------------------------------------------------------------------------
-LUE_SD = 0.30            # log-sd of the site's light-use efficiency multiplier
+LUE_SD = 0.20            # log-sd of the site's light-use efficiency multiplier
 W_CRIT, W_CRIT_SD = 0.30, 0.40   # relative soil water below which GPP is water-limited; log-sd
 ROOT_SHARE = (0.2, 0.9)  # share of the water response taken from the deep store (uniform)
 VPD_SCALE, VPD_SD = 3.5, 0.35    # kPa over which VPD closes stomata; log-sd
 PHEN_T_SD = 2.5          # K, sd of the site's green-up temperature threshold shift
 PHEN_W_SD = 0.08         # sd of the site's water-phenology threshold shift
-E0_SD = 0.20             # log-sd of the Lloyd-Taylor activation parameter E0
-R_HET_SD = 0.30          # log-sd of the heterotrophic base rate (relative to GPP)
+E0_SD = 0.12             # log-sd of the Lloyd-Taylor activation parameter E0
+R_HET_SD = 0.10          # log-sd of the heterotrophic base rate (relative to GPP)
 K_AUTO_RANGE = (0.30, 0.60)      # autotrophic share of recent GPP (uniform)
 DEEP_ALPHA = 1.0 / 40.0  # deep store: EMA of surface relative water, 40-day memory
 LEGACY_DAYS, LEGACY_TAU, LEGACY_MAX = 365, 120.0, 0.45  # drought legacy kernel and largest GPP loss
+# unresolved day-to-day variation of the true fluxes (diffuse light, substrate pulses): log-sd, AR(1)
+GPP_DAILY_SD, GPP_DAILY_PHI = 0.20, 0.8
+RECO_DAILY_SD, RECO_DAILY_PHI = 0.15, 0.9
 # disturbance kernels: linear recovery over this many days (all shorter than the spin-up)
 HARVEST_DAYS, MOW_DAYS, FIRE_DAYS = 120, 40, 540
 #: fire probability per year by IGBP code 0..16 (WAT ENF EBF DNF DBF MF CSH OSH WSA SAV GRA WET CRO URB CVM SNO BSV)
@@ -68,14 +71,16 @@ OUTAGES_PER_YEAR = (0.3, 2.0)    # uniform range of the site's outage rate
 OUTAGE_MEDIAN, OUTAGE_LOG_SD, OUTAGE_MAX = 15.0, 1.1, 240  # outage length [d], lognormal, cap
 NEE_SD0, NEE_SD1 = 0.15, 0.05    # NEE error sd = SD0 + SD1 (GPP + RECO) [gC m-2 d-1]
 NEE_PHI, NEE_AR_SHARE = 0.75, 0.8  # AR(1) coefficient and share of the autocorrelated part
+NOISE_SD = 0.40          # log-sd of the site's error level (tower quality, footprint heterogeneity)
 GAPFILL_PHI, GAPFILL_SD = 0.95, 1.5  # gap-filling error: AR(1), scaled by (1 - QC)
-PART_BIAS_SD, PART_SD, PART_PHI = 0.12, 0.10, 0.9  # RECO partitioning: site bias, AR(1) error
+PART_BIAS_SD, PART_SD, PART_PHI = 0.06, 0.20, 0.9  # RECO partitioning: site bias, AR(1) error
 
 # Random streams (ids 200.. are this module's; never reuse one for another purpose).
 _S_FX = 200              # static effects use 200 + k
 _S_FIRE, _S_FIRE_SEV, _S_MOW, _S_MOW_SEV, _S_HARVEST = 230, 231, 232, 233, 234
 _S_QC, _S_QCD1, _S_QCD2, _S_OUT, _S_OUTLEN = 240, 241, 242, 243, 244
 _S_NEE_AR, _S_NEE_W, _S_GAPFILL, _S_PART = 250, 251, 252, 253
+_S_GPP_DAY, _S_RECO_DAY = 260, 261
 
 
 def check_difficulty(difficulty: str) -> str:
@@ -112,6 +117,7 @@ def site_effects(seed: int, keys: np.ndarray) -> dict[str, np.ndarray]:
         qc_good=np.clip(QC_GOOD + QC_GOOD_SD * _sn(seed, keys, 13), 0.1, 0.95),
         outages=(OUTAGES_PER_YEAR[0] + (OUTAGES_PER_YEAR[1] - OUTAGES_PER_YEAR[0]) * _su(seed, keys, 14)) / 365.25,
         part_bias=PART_BIAS_SD * _sn(seed, keys, 15),
+        noise=np.exp(NOISE_SD * _sn(seed, keys, 16) - 0.5 * NOISE_SD**2),
     )
 
 
@@ -140,6 +146,13 @@ def disturbance(seed, keys, igbp, fx, days, doy, hemi, growing):
     short = _recovery(harvest + mow, HARVEST_DAYS)
     damage = short + _recovery(fire, FIRE_DAYS)
     return np.clip(1.0 - damage, 0.05, 1.0), np.clip(short, 0.0, 1.0)
+
+
+def daily_variation(seed, keys, days, flux: str) -> np.ndarray:
+    """Multiplier (n, T) with mean 1 for the unresolved day-to-day variation of GPP or RECO."""
+    sd, phi, stream = {"gpp": (GPP_DAILY_SD, GPP_DAILY_PHI, _S_GPP_DAY),
+                       "reco": (RECO_DAILY_SD, RECO_DAILY_PHI, _S_RECO_DAY)}[flux]
+    return np.exp(sd * rng.ar1(rng.normal(seed, keys, days, stream), phi) - 0.5 * sd**2)
 
 
 def drought_legacy(w_deep, fx):
@@ -190,7 +203,7 @@ def observe(seed, keys, fx, days, gpp, reco, s0: int):
     u3 = ndtr(rng.ar1(rng.normal(seed, keys, days, _S_QCD2), QC_DEFICIT_PHI))
     deficit = np.where(u2 < 0.5, 0.1 * u3, u3 ** (1 / 2.7))
     qc = np.where(good, 1.0, 1.0 - deficit)
-    sd = NEE_SD0 + NEE_SD1 * (gpp + reco)
+    sd = (NEE_SD0 + NEE_SD1 * (gpp + reco)) * fx["noise"][:, None]
     e_ar = rng.ar1(rng.normal(seed, keys, days, _S_NEE_AR), NEE_PHI)
     e_w = rng.normal(seed, keys, days, _S_NEE_W)
     e_gap = rng.ar1(rng.normal(seed, keys, days, _S_GAPFILL), GAPFILL_PHI)
