@@ -298,3 +298,14 @@ def test_annual_budget_plausible_real():
     # real towers: mostly sinks, some sources
     sink = (ds["NEE_true"].mean("time") < 0).mean()
     assert 0.55 <= float(sink) < 1.0
+
+
+def test_us_ar1_annual_nee_sign():
+    """US-AR1 (switchgrass, Oklahoma) was a source in 2009-2012 (+103 gC m-2 yr-1 in its
+    FLUXNET2015 file); the real twin gets the sign right, the easy twin does not."""
+    s = twin.twin_sites().set_index("site").loc[["US-AR1"]].reset_index()
+    igbp, kop = twin._codes(s)
+    days = pd.date_range("2009-01-01", "2012-12-31")
+    nee = {d: twin.simulate(s["lat"], s["lon"], igbp, kop, days, twin.site_keys(s["site"]), 0, with_truth=True,
+                            difficulty=d)["NEE_true"].mean() * 365.25 for d in twin.DIFFICULTIES}
+    assert nee["real"] > 0 > nee["easy"], nee
