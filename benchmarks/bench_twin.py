@@ -59,7 +59,7 @@ def build(n_sites: int, start: str, end: str, seed: int, difficulty: str, path: 
     return time.perf_counter() - t0
 
 
-def model_scores(ds, split, models, epochs, rounds) -> pd.DataFrame:
+def model_scores(ds, split, models, epochs, rounds, small_net=False) -> pd.DataFrame:
     rows = []
     for m in models:
         kw = dict(seeds=1)
@@ -67,6 +67,8 @@ def model_scores(ds, split, models, epochs, rounds) -> pd.DataFrame:
             kw["hparams"] = {"n_estimators": rounds}
         else:
             kw.update(max_epochs=epochs, patience=max(2, epochs // 3))
+            if small_net:  # the demo's network: affordable on a CPU at 474 sites
+                kw["hparams"] = {"hidden": 64, "layers": 1, "lr": 0.002}
         t0 = time.perf_counter()
         run = train.fit(ds, split, TrainConfig(model=m, split="koppen", **kw))
         frame = evaluation.to_frame(evaluation.evaluate(run.predictions, ds, split, log_exclusions=False))
@@ -112,6 +114,7 @@ def main(argv=None) -> int:
     ap.add_argument("--models", default="lightgbm,xgboost,ctlstm")
     ap.add_argument("--epochs", type=int, default=20, help="CT-LSTM max epochs (published: 100)")
     ap.add_argument("--rounds", type=int, default=300, help="boosting rounds of the trees (published: 1000)")
+    ap.add_argument("--small-net", action="store_true", help="CT-LSTM hidden 64, 1 layer (published: 256, 2)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--difficulty", default="real", choices=twin_model.DIFFICULTIES)
     ap.add_argument("--store", type=Path, default=None, help="reuse (or create) this twin store")
@@ -135,7 +138,7 @@ def main(argv=None) -> int:
     pub = published()
     models = [m for m in args.models.split(",") if m]
     if models:
-        sc = model_scores(ds, split, models, args.epochs, args.rounds)
+        sc = model_scores(ds, split, models, args.epochs, args.rounds, args.small_net)
         for _, r in sc.iterrows():
             p = pub.loc[(PUBLISHED_NAMES[r["model"]], r["target"])]
             for q, tol in (("median", 0.07), ("p25", 0.10)):
