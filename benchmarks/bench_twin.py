@@ -35,7 +35,7 @@ from cbgrid.sources import twin, twin_model  # noqa: E402
 
 TARGETS = ("GPP_NT_VUT_USTAR50", "RECO_NT_VUT_USTAR50", "NEE_VUT_USTAR50")
 SHORT = dict(zip(TARGETS, ("GPP", "RECO", "NEE")))
-PUBLISHED_NAMES = {"lightgbm": "LightGBM", "xgboost": "XGBoost", "ctlstm": "CT-LSTM"}
+PUBLISHED_NAMES = {"lightgbm": "LightGBM", "xgboost": "XGBoost", "ctlstm": "ctlstm"}
 US_AR1 = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "fluxnet" / \
     "FLX_US-AR1_FLUXNET2015_SUBSET_DD_2009-2012_1-3.csv"
 
