@@ -68,10 +68,13 @@ def run_demo(out, *, quick: bool = False, sites: int | None = None, overwrite: b
     t0 = time.perf_counter()
     sc = cfg["store"]
     n_sites = sites or int(sc["sites"])
+    # the store and the recipe's twin drivers come from the same world
+    difficulty = load_recipe(catalog.recipe_path(cfg["recipe"])).drivers.difficulty
     st = (out / "twin.zarr").resolve()
     if overwrite or not st.exists():
         log.info("demo: building the twin store (%d sites, %s..%s)", n_sites, sc["start"], sc["end"])
-        store.write_store(twin.twin_store(n_sites=n_sites, start=str(sc["start"]), end=str(sc["end"]), seed=sc["seed"]),
+        store.write_store(twin.twin_store(n_sites=n_sites, start=str(sc["start"]), end=str(sc["end"]), seed=sc["seed"],
+                                          difficulty=difficulty),
                           st, overwrite=True, progress=progress)
     ds = store.open_store(st)
     timings["store"] = time.perf_counter() - t0
@@ -108,7 +111,8 @@ def run_demo(out, *, quick: bool = False, sites: int | None = None, overwrite: b
     days = pd.date_range(recipe.period.start - pd.Timedelta(days=spin), recipe.period.end, freq="D")
     # One twin simulation gives the drivers and the true fluxes the product is checked against.
     grid = twin.twin_grid(recipe.grid.lat, recipe.grid.lon, days, recipe.drivers.seed, igbp=ctx["igbp"].values,
-                          koppen=ctx["koppen"].values, with_truth=True, chunks=dict(recipe.chunks))
+                          koppen=ctx["koppen"].values, with_truth=True, chunks=dict(recipe.chunks),
+                          difficulty=recipe.drivers.difficulty)
     (grid,) = progress_compute(grid, desc="twin drivers", progress=progress)
     res = upscale.upscale(recipe, runs=runs, context=ctx, drivers=grid, progress=progress)
     truth = evaluation.compare_with_truth(res["products"][0], grid[["GPP_true", "RECO_true", "NEE_true"]])

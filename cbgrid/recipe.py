@@ -115,7 +115,7 @@ def parse_recipe(doc: dict, source_file: Path | None = None) -> Recipe:
     >>> parse_recipe({"name": "x", "drivers": {"source": "twin", "sed": 3}, "grid": {"resolution": 10},
     ...               "period": {"start": "2020-07-01", "end": "2020-07-31"}, "runs": ["a"], "output": "o"})
     Traceback (most recent call last):
-    cbgrid.recipe.RecipeError: recipe: drivers (source twin): unknown key(s) ['sed']; allowed: seed
+    cbgrid.recipe.RecipeError: recipe: drivers (source twin): unknown key(s) ['sed']; allowed: seed, difficulty
     """
     where = str(source_file or "recipe")
     if not isinstance(doc, dict):

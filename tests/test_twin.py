@@ -10,7 +10,9 @@ import pytest
 import xarray as xr
 
 from cbgrid import schema
-from cbgrid.sources import twin
+from cbgrid.errors import InputError
+from cbgrid.recipe import RecipeError
+from cbgrid.sources import twin, twin_model
 
 TIME = pd.date_range("2004-01-01", "2005-12-31", freq="D")
 
@@ -83,8 +85,15 @@ def test_true_balance_exact_and_observed_balance(sim):
     assert (sim["GPP_true"] >= 0).all() and (sim["RECO_true"] > 0).all()
 
 
-def test_qc_distribution(sim):
-    qc = sim["NEE_VUT_USTAR50_QC"]
+@pytest.fixture(scope="module")
+def sim_easy(sites):
+    igbp, kop = twin._codes(sites)
+    return twin.simulate(sites["lat"], sites["lon"], igbp, kop, TIME, twin.site_keys(sites["site"]),
+                         seed=0, with_truth=True, difficulty="easy")
+
+
+def test_qc_distribution(sim_easy):
+    qc = sim_easy["NEE_VUT_USTAR50_QC"]
     q = qc[np.isfinite(qc)]
     assert q.size > 5000
     assert q.min() >= 0 and q.max() <= 1
@@ -165,10 +174,10 @@ def test_twin_sites_subset_and_store_chunk_independence():
         _same(a[k].sel(time=b.time).values, b[k].values)
 
 
-def test_annual_budget_plausible():
+def test_annual_budget_plausible_easy():
     s = twin.twin_sites(40, seed=0)
     time = pd.date_range("2004-01-01", "2005-12-31")
-    out = twin.simulate(*_args(s), time, twin.site_keys(s["site"]), seed=0, with_truth=True)
+    out = twin.simulate(*_args(s), time, twin.site_keys(s["site"]), seed=0, with_truth=True, difficulty="easy")
     igbp, _ = twin._codes(s)
     ds = xr.Dataset({k: (("site", "time"), v) for k, v in out.items()},
                     coords={"site": s["site"].to_numpy(), "time": time, "igbp": ("site", igbp)})
@@ -226,3 +235,77 @@ def test_twin_sites_extra_locations_from_rasters():
     pd.testing.assert_frame_equal(more.iloc[: len(base)], base)
     fewer = twin.twin_sites(len(base) + 2, seed=0)  # a smaller request is a prefix
     pd.testing.assert_frame_equal(fewer, more.iloc[: len(base) + 2])
+
+
+def test_real_difficulty_observation_model(sim, sim_easy):
+    """QC runs persist, NEE errors are autocorrelated, observed differs from the truth more
+    than in the easy twin, and the easy twin has none of it."""
+    ind = twin_model.qc1_indicator(sim["NEE_VUT_USTAR50_QC"])
+    assert np.nanmedian(twin_model.lag1(ind)) >= 0.8
+    assert np.nanmedian(twin_model.lag1(twin_model.qc1_indicator(sim_easy["NEE_VUT_USTAR50_QC"]))) < 0.1
+    assert 0.3 < np.nanmean(ind) < 0.8  # US-AR1: 0.54 (site shares vary, runs last weeks)
+    err = sim["NEE_VUT_USTAR50"] - sim["NEE_true"]
+    assert np.nanmedian(twin_model.lag1(err)) > 0.4
+    assert np.nanmedian(twin_model.lag1(sim_easy["NEE_VUT_USTAR50"] - sim_easy["NEE_true"])) < 0.1
+    assert 0.6 <= np.nanmedian(twin_model.lag1(sim["NEE_VUT_USTAR50"])) <= 0.95
+    # outages: some gaps of more than 30 days inside records
+    gaps = np.isnan(sim["NEE_VUT_USTAR50"])
+    assert gaps.any(axis=1).mean() > 0.3
+
+
+def test_real_difficulty_site_effects_change_truth_not_drivers(sites, sim, sim_easy):
+    """Random effects and disturbances act on the fluxes and on what MODIS sees; the ERA5-Land
+    leaf area and the weather are the same in both worlds."""
+    for k in ("temperature_2m", "total_precipitation_sum", "leaf_area_index_high_vegetation",
+              "leaf_area_index_low_vegetation"):
+        np.testing.assert_array_equal(sim[k], sim_easy[k], err_msg=k)
+    assert not np.allclose(sim["GPP_true"], sim_easy["GPP_true"])
+    ratio = np.nanmean(sim["GPP_true"], 1) / np.maximum(np.nanmean(sim_easy["GPP_true"], 1), 1e-6)
+    assert np.nanstd(np.log(ratio[np.nanmean(sim_easy["GPP_true"], 1) > 0.1])) > 0.15  # site-level spread
+
+
+def test_difficulty_checked():
+    with pytest.raises(InputError, match="difficulty"):
+        twin.twin_store(n_sites=2, difficulty="hard")
+    with pytest.raises(RecipeError, match="difficulty"):
+        twin.TwinDrivers.from_mapping({"seed": 0, "difficulty": "medium"}, "drivers")
+    assert twin.TwinDrivers.from_mapping({"difficulty": "easy"}, "drivers").difficulty == "easy"
+
+
+def test_disturbance_and_outage_kernels_are_finite():
+    """Every memory of the real difficulty ends within the spin-up, so values do not depend on
+    the requested start (test_subset_and_later_start_give_same_numbers checks the numbers)."""
+    assert max(twin_model.HARVEST_DAYS, twin_model.FIRE_DAYS, twin_model.LEGACY_DAYS,
+               twin_model.OUTAGE_MAX) < twin.SPINUP_DAYS
+    assert (1 - twin_model.DEEP_ALPHA) ** twin.SPINUP_DAYS < 1e-7
+    assert (1 - twin_model.QC_SWITCH) ** twin.SPINUP_DAYS < 1e-7
+    assert twin_model.QC_DEFICIT_PHI ** twin.SPINUP_DAYS < 1e-7
+
+
+def test_annual_budget_plausible_real():
+    s = twin.twin_sites(40, seed=0)
+    time = pd.date_range("2004-01-01", "2005-12-31")
+    out = twin.simulate(*_args(s), time, twin.site_keys(s["site"]), seed=0, with_truth=True)
+    igbp, _ = twin._codes(s)
+    ds = xr.Dataset({k: (("site", "time"), v) for k, v in out.items()},
+                    coords={"site": s["site"].to_numpy(), "time": time, "igbp": ("site", igbp)})
+    bud = twin.annual_budget(ds, use_truth=True)
+    many = bud[(bud["n_sites"] >= 3) & bud["GPP_lit_low"].notna()]
+    assert len(many) >= 4
+    assert (many["GPP"] > 0.5 * many["GPP_lit_low"]).all(), many
+    assert (many["GPP"] < 1.5 * many["GPP_lit_high"]).all(), many
+    assert many["RECO_over_GPP"].between(0.6, 1.25).all(), many
+    # real towers: mostly sinks, some sources
+    sink = (ds["NEE_true"].mean("time") < 0).mean()
+    assert 0.55 <= float(sink) < 1.0
+
+
+def test_us_ar1_annual_nee_sign():
+    """US-AR1 (switchgrass, Oklahoma) was a source in 2009-2012 (+103 gC m-2 yr-1 in its
+    FLUXNET2015 file); the real twin gets the sign right, the easy twin does not."""
+    s = twin.twin_sites().set_index("site").loc[["US-AR1"]].reset_index()
+    igbp, kop = twin._codes(s)
+    days = pd.date_range("2009-01-01", "2012-12-31")
+    nee = {d: twin.simulate(s["lat"], s["lon"], igbp, kop, days, twin.site_keys(s["site"]), 0, with_truth=True,
+                            difficulty=d)["NEE_true"].mean() * 365.25 for d in twin.DIFFICULTIES}
+    assert nee["real"] > 0 > nee["easy"], nee

@@ -19,6 +19,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--start", default="2000-02-24", help="first day (default 2000-02-24, the start of MODIS)")
     p.add_argument("--end", default="2024-12-31", help="last day (default 2024-12-31)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--difficulty", choices=twin.DIFFICULTIES, default="real",
+                   help="real (default): calibrated to score like the published benchmark; easy: strong signal "
+                        "for tests, not representative of real towers (docs/twin.md)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing store (only once the new one is complete)")
     p.set_defaults(func=cmd_twin)
 
@@ -53,7 +56,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def cmd_twin(args) -> int:
     schema.days(args.start, args.end)
-    ds = twin.twin_store(n_sites=args.sites, start=args.start, end=args.end, seed=args.seed)
+    ds = twin.twin_store(n_sites=args.sites, start=args.start, end=args.end, seed=args.seed, difficulty=args.difficulty)
     store.write_store(ds, args.out, overwrite=args.overwrite)
     print_summary(store.open_store(args.out), args.out)
     return 0

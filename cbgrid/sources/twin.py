@@ -24,12 +24,13 @@ import dask.array as da
 import numpy as np
 import pandas as pd
 import xarray as xr
-from scipy.signal import lfilter
 
 from cbgrid import catalog, context, schema
 from cbgrid.errors import InputError
 from cbgrid.recipe import RecipeError, check_keys
 from cbgrid.sources import register_driver_source
+from cbgrid.sources import twin_model as hard
+from cbgrid.sources import twin_rng as rng
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +53,8 @@ MODIS_VARS = MODIS_BANDS + ("SensorZenith", "SensorAzimuth", "SolarZenith", "Sol
 TARGET_VARS = ("GPP_NT_VUT_USTAR50", "RECO_NT_VUT_USTAR50", "NEE_VUT_USTAR50", "NEE_VUT_USTAR50_QC")
 TRUTH_VARS = ("GPP_true", "RECO_true", "NEE_true")
 DRIVER_VARS = ERA5_VARS + MODIS_VARS
+#: ``real`` (default, calibrated) and ``easy`` (strong signal, not representative): twin_model.
+DIFFICULTIES = hard.DIFFICULTIES
 #: The store's class vocabularies (IGBP code = index; Köppen code = index + 1, 0 unknown).
 IGBP_CODES, KOPPEN_CODES = schema.IGBP_CLASSES, schema.KOPPEN_CLASSES
 
@@ -119,6 +122,19 @@ GPP_LITERATURE = {
     "OSH": (200, 600), "CSH": (200, 600), "WET": (500, 1000),
 }
 
+# Literature ranges of annual RECO and NEE [gC m-2 yr-1] per IGBP class (docs/twin.md cites them)
+RECO_LITERATURE = {
+    "EBF": (2200, 3300), "DBF": (900, 1500), "ENF": (600, 1250), "MF": (800, 1300),
+    "CRO": (700, 1400), "GRA": (400, 1100), "SAV": (600, 1300), "WSA": (600, 1300),
+    "OSH": (200, 600), "CSH": (200, 600), "WET": (400, 1000),
+}
+NEE_LITERATURE = {
+    "EBF": (-600, 0), "DBF": (-600, -100), "ENF": (-500, 0), "MF": (-500, -50),
+    "CRO": (-500, 100), "GRA": (-300, 100), "SAV": (-300, 50), "WSA": (-300, 50),
+    "OSH": (-150, 50), "CSH": (-150, 50), "WET": (-250, 50),
+}
+LITERATURE = {"GPP": GPP_LITERATURE, "RECO": RECO_LITERATURE, "NEE": NEE_LITERATURE}
+
 # Random stream ids (one per use; never reuse an id for another purpose).
 _S_TANOM, _S_CLOUD, _S_WET, _S_AMOUNT, _S_MISS, _S_MNOISE, _S_CLOUDPIX = 1, 2, 3, 4, 5, 6, 7
 _S_QC1, _S_QC2, _S_QC3, _S_NEE, _S_RECO, _S_GAP1, _S_GAP2, _S_GAP3 = 8, 9, 10, 11, 12, 13, 14, 15
@@ -128,33 +144,8 @@ _S_STATIC = 100  # static per-location draws use 100 + k
 # --------------------------------------------------------------------------------------------
 # Counter-based random numbers
 # --------------------------------------------------------------------------------------------
-_G = np.uint64(0x9E3779B97F4A7C15)
-_M1 = np.uint64(0xBF58476D1CE4E5B9)
-_M2 = np.uint64(0x94D049BB133111EB)
-
-
-def _mix(z: np.ndarray) -> np.ndarray:
-    """SplitMix64 finaliser on uint64 arrays (wrapping arithmetic)."""
-    z = (z ^ (z >> np.uint64(30))) * _M1
-    z = (z ^ (z >> np.uint64(27))) * _M2
-    return z ^ (z >> np.uint64(31))
-
-
-def _uniform(seed: int, keys: np.ndarray, counters: np.ndarray, stream: int) -> np.ndarray:
-    """Uniform (0, 1) float64, shape (len(keys), len(counters)), from hash(seed, key, counter, stream)."""
-    with np.errstate(over="ignore"):
-        base = _mix(_mix(np.array([seed], dtype=np.uint64) + _G) + np.array([stream], dtype=np.uint64) * _G)
-        loc = _mix(np.asarray(keys, dtype=np.uint64) ^ base)
-        ctr = (np.asarray(counters).astype(np.int64).astype(np.uint64) + np.uint64(1)) * _G
-        h = _mix(loc[:, None] + ctr[None, :])
-    return ((h >> np.uint64(11)).astype(np.float64) + 0.5) * (1.0 / 9007199254740992.0)
-
-
-def _normal(seed, keys, counters, stream) -> np.ndarray:
-    """Standard normal via Box-Muller from two hashed uniform streams."""
-    u1 = _uniform(seed, keys, counters, 2 * stream + 1000)
-    u2 = _uniform(seed, keys, counters, 2 * stream + 1001)
-    return np.sqrt(-2.0 * np.log(u1)) * np.cos(2.0 * np.pi * u2)
+_G, _M1 = rng.GOLDEN, rng.M1
+_mix, _uniform, _normal, _ema, _ar1 = rng.mix, rng.uniform, rng.normal, rng.ema, rng.ar1
 
 
 def _static(seed, keys, k: int) -> np.ndarray:
@@ -216,21 +207,8 @@ def _pet(t_c, rs_mj, ra_mj):
     return PT_ALPHA * delta / (delta + GAMMA) * rn / LAMBDA
 
 
-def _ema(x, alpha):
-    """Exponential smoothing along the last axis, started at the first value (lfilter)."""
-    b, a = [alpha], [1.0, alpha - 1.0]
-    zi = (1.0 - alpha) * x[..., :1]
-    y, _ = lfilter(b, a, x, axis=-1, zi=zi)
-    return y
-
-
-def _ar1(eps, phi):
-    """AR(1) x_t = phi x_{t-1} + sqrt(1-phi^2) eps_t with unit stationary variance."""
-    return lfilter([np.sqrt(1 - phi**2)], [1.0, -phi], eps, axis=-1)
-
-
-def _lloyd_taylor(tk):
-    return np.exp(E0 * (1.0 / (TREF - T0) - 1.0 / (np.maximum(tk, 240.0) - T0)))
+def _lloyd_taylor(tk, e0_scale=1.0):
+    return np.exp(E0 * e0_scale * (1.0 / (TREF - T0) - 1.0 / (np.maximum(tk, 240.0) - T0)))
 
 
 def _f_temp(t_c, topt):
@@ -315,8 +293,11 @@ def _f_water(w_rel, igbp):
 # --------------------------------------------------------------------------------------------
 # The generator
 # --------------------------------------------------------------------------------------------
-def _process(lat_rad, igbp, kop, keys, seed, c, days):
-    """The process model over absolute ``days`` (spin-up included); float64 fields (n, T)."""
+def _process(lat_rad, igbp, kop, keys, seed, c, days, fx=None):
+    """The process model over absolute ``days`` (spin-up included); float64 fields (n, T).
+
+    fx: the site random effects of the real difficulty (:func:`twin_model.site_effects`), or
+    None for the easy twin."""
     n = lat_rad.size
     cal = _EPOCH + pd.to_timedelta(days, unit="D")
     doy = np.asarray(cal.day_of_year, dtype=np.float64)
@@ -374,10 +355,19 @@ def _process(lat_rad, igbp, kop, keys, seed, c, days):
     # --- snow (diagnostic) and phenology ---------------------------------------------------------
     t_ema5 = _ema(t_c, 1 / 5)
     snow = np.clip((0.5 - t_ema5) / 4.0, 0.0, 1.0) * c["snow_precip"][:, None]
-    g = _phenology_target(igbp, _ema(t_c, 1 / 20), _ema(w_rel, 1 / 20))
-    lai_target = LAI_MIN[igbp][:, None] + (LAI_MAX[igbp] - LAI_MIN[igbp])[:, None] * g
-    lai = _ema(lai_target, 1 / 12)
-    fc = 1.0 - np.exp(-0.5 * lai)
+    t_ema20, w_ema20 = _ema(t_c, 1 / 20), _ema(w_rel, 1 / 20)
+    g = _phenology_target(igbp, t_ema20, w_ema20)
+    lai_range = (LAI_MAX[igbp] - LAI_MIN[igbp])[:, None]
+    lai_target = LAI_MIN[igbp][:, None] + lai_range * g
+    lai = _ema(lai_target, 1 / 12)  # ERA5-Land's leaf area: the class climatology's response
+    if fx is None:
+        canopy = lai
+    else:  # the site's own phenology timing and its disturbances, which ERA5-Land does not see
+        g_site = _phenology_target(igbp, t_ema20 - fx["phen_t"][:, None], w_ema20 - fx["phen_w"][:, None])
+        w_deep = _ema(w_rel, hard.DEEP_ALPHA)
+        dist, residue = hard.disturbance(seed, keys, igbp, fx, days, doy, c["hemi"], g_site > 0.5)
+        canopy = _ema(LAI_MIN[igbp][:, None] + lai_range * g_site, 1 / 12) * dist
+    fc = 1.0 - np.exp(-0.5 * canopy)
     fc_high = 1.0 - np.exp(-0.5 * lai * HIGH_VEG[igbp][:, None])
     snow_vis = snow * (1.0 - 0.6 * fc_high)
     albedo = c["soil_alb"][:, None] * (1 - fc) + ALB_VEG[igbp][:, None] * fc
@@ -385,31 +375,50 @@ def _process(lat_rad, igbp, kop, keys, seed, c, days):
 
     # --- fluxes (truth) ---------------------------------------------------------------------------
     par = PAR_FRACTION * rs
-    f_water = _f_water(w_rel, igbp) * np.clip(1.0 - (vpd - 0.8) / 3.5, 0.25, 1.0)
-    gpp = LUE[igbp][:, None] * _fapar(lai) * par * _f_temp(t_c, c["topt"][:, None]) * f_water
-    fr_w = np.where((igbp == 11)[:, None], 1.0, 0.2 + 0.8 * np.clip(w_rel / 0.35, 0.0, 1.0))
-    resp_unit = _lloyd_taylor(t_c + 273.15) * fr_w  # heterotrophic RECO per unit basal rate
-    reco_auto = K_AUTO * _ema(gpp, 1 / 7)
+    if fx is None:
+        f_water = _f_water(w_rel, igbp) * np.clip(1.0 - (vpd - 0.8) / 3.5, 0.25, 1.0)
+        gpp = LUE[igbp][:, None] * _fapar(lai) * par * _f_temp(t_c, c["topt"][:, None]) * f_water
+        fr_w = np.where((igbp == 11)[:, None], 1.0, 0.2 + 0.8 * np.clip(w_rel / 0.35, 0.0, 1.0))
+        resp_unit = _lloyd_taylor(t_c + 273.15) * fr_w  # heterotrophic RECO per unit basal rate
+        reco_auto = K_AUTO * _ema(gpp, 1 / 7)
+    else:
+        root = fx["root"][:, None]
+        w_eff = (1.0 - root) * w_rel + root * w_deep
+        f_w = np.clip(w_eff / fx["w_crit"][:, None], 0.0, 1.0) ** 0.7
+        f_w = np.where((igbp == 11)[:, None], np.maximum(f_w, 0.85), f_w)
+        f_water = f_w * np.clip(1.0 - (vpd - 0.8) / fx["vpd_scale"][:, None], 0.25, 1.0)
+        gpp = (LUE[igbp] * fx["lue"])[:, None] * _fapar(canopy) * par * _f_temp(t_c, c["topt"][:, None]) \
+            * f_water * hard.drought_legacy(w_deep, fx) * hard.daily_variation(seed, keys, days, "gpp")
+        fr_w = np.where((igbp == 11)[:, None], 1.0, 0.2 + 0.8 * np.clip(w_eff / 0.35, 0.0, 1.0))
+        resp_unit = _lloyd_taylor(t_c + 273.15, fx["e0"][:, None]) * fr_w * (1.0 + hard.RESIDUE_PULSE * residue) \
+            * hard.daily_variation(seed, keys, days, "reco")
+        reco_auto = fx["k_auto"][:, None] * _ema(gpp, 1 / 7)
     return dict(t_c=t_c, precip=precip, rs=rs, albedo=albedo, et_mm=et_mm, lai=lai, td_c=td_c,
                 w_rel=w_rel, fc=fc, snow_vis=snow_vis, cloud=cloud, gpp=gpp, resp_unit=resp_unit,
                 reco_auto=reco_auto)
 
 
-def _basal_respiration(lat_rad, igbp, kop, keys, seed, c):
+def _basal_respiration(lat_rad, igbp, kop, keys, seed, c, fx=None):
     """Basal heterotrophic rate so that, over the fixed reference period, heterotrophic RECO
     equals r_het x GPP of the same location. The reference run depends only on (seed, key), not
     on the requested period, so every request sees the same rate."""
     d0 = (REFERENCE_PERIOD[0] - _EPOCH).days
     d1 = (REFERENCE_PERIOD[1] - _EPOCH).days
     days = np.arange(d0 - SPINUP_DAYS, d1 + 1, dtype=np.int64)
-    f = _process(lat_rad, igbp, kop, keys, seed, c, days)
+    f = _process(lat_rad, igbp, kop, keys, seed, c, days, fx)
     s = slice(SPINUP_DAYS, None)
     gpp = f["gpp"][:, s].sum(axis=1)
-    return c["r_het"] * np.maximum(gpp, 1e-3) / np.maximum(f["resp_unit"][:, s].sum(axis=1), 1e-9)
+    r_het = c["r_het"] if fx is None else R_HET * fx["r_het"]
+    return r_het * np.maximum(gpp, 1e-3) / np.maximum(f["resp_unit"][:, s].sum(axis=1), 1e-9)
 
 
-def simulate(lat, lon, igbp, koppen, time, keys, seed=0, *, with_truth=False) -> dict[str, np.ndarray]:
+def simulate(lat, lon, igbp, koppen, time, keys, seed=0, *, with_truth=False,
+             difficulty: str = "real") -> dict[str, np.ndarray]:
     """Drivers, observed targets (and optionally true fluxes) for n locations over ``time``.
+
+    difficulty: ``"real"`` (default) adds the site random effects, unobserved drivers and
+    realistic observation errors of :mod:`cbgrid.sources.twin_model`; ``"easy"`` is the
+    strong-signal world without them (not representative of real towers).
 
     lat, lon: degrees (n,); igbp: MCD12C1 codes 0..16 (n,); koppen: 1..5 = A..E, 0 unknown (n,);
     time: consecutive days; keys: uint64 per-location keys. Returns float32 arrays (n, len(time)).
@@ -421,6 +430,7 @@ def simulate(lat, lon, igbp, koppen, time, keys, seed=0, *, with_truth=False) ->
     keys = np.asarray(keys, dtype=np.uint64).ravel()
     kop = _infer_koppen(lat, np.asarray(koppen).ravel())
     time = pd.DatetimeIndex(time)
+    hard.check_difficulty(difficulty)
     n, nt = lat.size, len(time)
     if not (igbp.size == kop.size == keys.size == lon.size == n):
         raise InputError(
@@ -437,8 +447,9 @@ def simulate(lat, lon, igbp, koppen, time, keys, seed=0, *, with_truth=False) ->
     days = np.arange(day0 - SPINUP_DAYS, day0 + nt, dtype=np.int64)  # absolute day numbers
     lat_rad = np.deg2rad(lat)
     c = _climate(lat, igbp, kop, keys, seed)
-    f = _process(lat_rad, igbp, kop, keys, seed, c, days)
-    r_base = _basal_respiration(lat_rad, igbp, kop, keys, seed, c)
+    fx = None if difficulty == "easy" else hard.site_effects(seed, keys)
+    f = _process(lat_rad, igbp, kop, keys, seed, c, days, fx)
+    r_base = _basal_respiration(lat_rad, igbp, kop, keys, seed, c, fx)
     t_c, precip, rs, albedo, et_mm = f["t_c"], f["precip"], f["rs"], f["albedo"], f["et_mm"]
     lai, td_c, w_rel, fc, snow_vis, cloud, gpp = (f[k] for k in ("lai", "td_c", "w_rel", "fc", "snow_vis", "cloud", "gpp"))
     reco = r_base[:, None] * f["resp_unit"] + f["reco_auto"]
@@ -467,7 +478,12 @@ def simulate(lat, lon, igbp, koppen, time, keys, seed=0, *, with_truth=False) ->
     gpp_t = gpp[:, s].astype(f32)
     reco_t = reco[:, s].astype(f32)
     nee_t = reco_t - gpp_t  # exact in float32
-    out.update(_observe(seed, keys, c, days_o, gpp_t, reco_t, nee_t))
+    if fx is None:
+        out.update(_observe(seed, keys, c, days_o, gpp_t, reco_t, nee_t))
+    else:
+        qc, nee_o, reco_o, gpp_o, outage = hard.observe(seed, keys, fx, days, gpp, reco, SPINUP_DAYS)
+        ok = _in_record(c, days_o) & ~outage
+        out.update(_targets(ok, gpp_o, reco_o, nee_o, qc))
     if with_truth:
         out["GPP_true"], out["RECO_true"], out["NEE_true"] = gpp_t, reco_t, nee_t
     return {k: out[k] for k in names}
@@ -521,12 +537,7 @@ def _observe(seed, keys, c, days, gpp_t, reco_t, nee_t):
     nee = nee_t + sd * _normal(seed, keys, days, _S_NEE)
     reco = reco_t * (1.0 + 0.08 * _normal(seed, keys, days, _S_RECO))
     gpp = reco - nee
-    # record window inside the fixed nominal period
-    p0 = (RECORD_PERIOD[0] - _EPOCH).days
-    plen = (RECORD_PERIOD[1] - RECORD_PERIOD[0]).days + 1
-    rec_len = np.minimum(c["rec_len"], plen)
-    rec_start = p0 + np.floor(c["rec_u"] * (plen - rec_len + 1))
-    in_rec = (days[None, :] >= rec_start[:, None]) & (days[None, :] < (rec_start + rec_len)[:, None])
+    in_rec = _in_record(c, days)
     # gap blocks: in each fixed 64-day block, with prob gap_p one gap of 5..60 days
     block = np.floor_divide(days, GAP_BLOCK_DAYS)
     ub = np.unique(block)
@@ -536,7 +547,20 @@ def _observe(seed, keys, c, days, gpp_t, reco_t, nee_t):
     bi = np.searchsorted(ub, block)
     pos = (days - block * GAP_BLOCK_DAYS)[None, :]
     in_gap = g_on[:, bi] & (pos >= g_off[:, bi]) & (pos < (g_off + g_len)[:, bi])
-    ok = in_rec & ~in_gap
+    return _targets(in_rec & ~in_gap, gpp, reco, nee, qc)
+
+
+def _in_record(c, days):
+    """(n, T) bool: the day lies in the location's record window inside the fixed nominal period."""
+    p0 = (RECORD_PERIOD[0] - _EPOCH).days
+    plen = (RECORD_PERIOD[1] - RECORD_PERIOD[0]).days + 1
+    rec_len = np.minimum(c["rec_len"], plen)
+    rec_start = p0 + np.floor(c["rec_u"] * (plen - rec_len + 1))
+    return (days[None, :] >= rec_start[:, None]) & (days[None, :] < (rec_start + rec_len)[:, None])
+
+
+def _targets(ok, gpp, reco, nee, qc) -> dict[str, np.ndarray]:
+    """The four ONEFlux target variables, float32, NaN where not ``ok``."""
     f32 = np.float32
     return {
         "GPP_NT_VUT_USTAR50": np.where(ok, gpp, np.nan).astype(f32),
@@ -638,30 +662,35 @@ def _codes(sites: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
 STORE_VARS = DRIVER_VARS + TARGET_VARS
 
 
-def _site_block(lat, lon, igbp, kop, time, keys, seed, names) -> np.ndarray:
+def _site_block(lat, lon, igbp, kop, time, keys, seed, names, difficulty="real") -> np.ndarray:
     """One dask task of twin_store: (variable, site, time) float32 for a block of sites."""
-    out = simulate(lat, lon, igbp, kop, time, keys, seed)
+    out = simulate(lat, lon, igbp, kop, time, keys, seed, difficulty=difficulty)
     return np.stack([out[k] for k in names])
 
 
-def _grid_block(lat, lon, igbp, kop, keys, land, time, seed, with_truth, names) -> np.ndarray:
+def _grid_block(lat, lon, igbp, kop, keys, land, time, seed, with_truth, names, difficulty="real") -> np.ndarray:
     """One dask task of twin_grid: (variable, time, lat, lon) float32 for a spatial chunk;
     only land cells are simulated, the rest is NaN."""
     res = np.full((len(names), len(time)) + land.shape, np.nan, dtype=np.float32)
     if land.any():
-        out = simulate(lat[land], lon[land], igbp[land], kop[land], time, keys[land], seed, with_truth=with_truth)
+        out = simulate(lat[land], lon[land], igbp[land], kop[land], time, keys[land], seed, with_truth=with_truth,
+                       difficulty=difficulty)
         for v, k in enumerate(names):
             res[v][:, land] = out[k].T
     return res
 
 
 def twin_store(sites: pd.DataFrame | None = None, start="2000-02-24", end="2024-12-31", seed=0,
-               n_sites=None, site_chunk=32) -> xr.Dataset:
+               n_sites=None, site_chunk=32, difficulty: str = "real") -> xr.Dataset:
     """The twin as a lazy (site, time) store Dataset: drivers and ONEFlux-like targets.
+
+    difficulty: ``"real"`` (the default, calibrated against the published benchmark) or
+    ``"easy"`` (strong signal, for tests; not representative of real towers).
 
     Each block of ``site_chunk`` sites is generated by one dask task over the whole period,
     so memory stays at one block whatever the number of sites.
     """
+    hard.check_difficulty(difficulty)
     if sites is None:
         sites = twin_sites(n_sites, seed)
     sites = sites.reset_index(drop=True)
@@ -675,15 +704,16 @@ def twin_store(sites: pd.DataFrame | None = None, start="2000-02-24", end="2024-
     parts = []
     for i0 in range(0, len(sites), site_chunk):
         sl = slice(i0, min(i0 + site_chunk, len(sites)))
-        d = dask.delayed(_site_block, pure=True)(lat[sl], lon[sl], igbp[sl], kop[sl], time, keys[sl], seed, names)
+        d = dask.delayed(_site_block, pure=True)(lat[sl], lon[sl], igbp[sl], kop[sl], time, keys[sl], seed, names,
+                                                 difficulty)
         parts.append(da.from_delayed(d, shape=(len(names), sl.stop - sl.start, len(time)), dtype=np.float32))
     stacked = da.concatenate(parts, axis=1)
     data = {k: stacked[i].rechunk((site_chunk, schema.STORE_CHUNKS["time"])) for i, k in enumerate(names)}
     ds = schema.site_dataset(data, sites, time)
-    ds.attrs.update(source="cbgrid synthetic twin", twin_seed=int(seed),
+    ds.attrs.update(source="cbgrid synthetic twin", twin_seed=int(seed), twin_difficulty=difficulty,
                     comment="drivers and fluxes generated by the cbgrid synthetic twin process model (docs/twin.md)")
-    log.info("twin store: %d sites x %d days (%s..%s), seed %d",
-             len(sites), len(time), time[0].date(), time[-1].date(), seed)
+    log.info("twin store (%s): %d sites x %d days (%s..%s), seed %d",
+             difficulty, len(sites), len(time), time[0].date(), time[-1].date(), seed)
     return ds
 
 
@@ -694,12 +724,15 @@ def _auto_chunk(nt: int) -> int:
     return max(1, int(np.sqrt(1e6 / (nt + 2 * SPINUP_DAYS + ref))))
 
 
-def twin_grid(lat, lon, time, seed=0, *, igbp=None, koppen=None, with_truth=True, chunks=None) -> xr.Dataset:
+def twin_grid(lat, lon, time, seed=0, *, igbp=None, koppen=None, with_truth=True, chunks=None,
+              difficulty: str = "real") -> xr.Dataset:
     """Twin drivers (and true fluxes) on a (lat, lon) grid as a lazy (time, lat, lon) Dataset.
 
     igbp/koppen: 2-D (lat, lon) int codes; taken from the MCD12C1/Beck rasters when omitted.
     Cells with IGBP water (0), snow/ice (15) or nodata are NaN. chunks: int or {'lat','lon'}.
+    difficulty: as in :func:`twin_store` (the same generator, so grid and sites agree).
     """
+    hard.check_difficulty(difficulty)
     lat = np.asarray(lat, dtype=np.float64).ravel()
     lon = np.asarray(lon, dtype=np.float64).ravel()
     time = pd.DatetimeIndex(time)
@@ -730,7 +763,7 @@ def twin_grid(lat, lon, time, seed=0, *, igbp=None, koppen=None, with_truth=True
             j1 = min(j0 + co, len(lon))
             b = (slice(i0, i1), slice(j0, j1))
             d = dask.delayed(_grid_block, pure=True)(glat[b], glon[b], igbp[b], koppen[b], keys[b], land[b],
-                                                     time, seed, with_truth, names)
+                                                     time, seed, with_truth, names, difficulty)
             row.append(da.from_delayed(d, shape=(len(names), len(time), i1 - i0, j1 - j0), dtype=np.float32))
         rows.append(row)
     stacked = da.concatenate([da.concatenate(r, axis=3) for r in rows], axis=2)
@@ -744,7 +777,7 @@ def twin_grid(lat, lon, time, seed=0, *, igbp=None, koppen=None, with_truth=True
             "koppen": (("lat", "lon"), koppen.astype(np.int16), {"long_name": "Koppen-Geiger main class 1..5 = A..E, 0 unknown"}),
         },
     )
-    ds.attrs.update(source="cbgrid synthetic twin", twin_seed=int(seed))
+    ds.attrs.update(source="cbgrid synthetic twin", twin_seed=int(seed), twin_difficulty=difficulty)
     log.info("twin grid: %d x %d cells (%d land) x %d days in %d x %d chunks, seed %d",
              len(lat), len(lon), int(land.sum()), len(time), cl, co, seed)
     return ds
@@ -797,22 +830,28 @@ def annual_budget(ds: xr.Dataset, use_truth: bool = False) -> pd.DataFrame:
 @register_driver_source
 @dataclass(frozen=True)
 class TwinDrivers:
-    """``drivers: {source: twin, seed: 0}``: the twin's drivers on the recipe grid."""
+    """``drivers: {source: twin, seed: 0, difficulty: real}``: the twin's drivers on the recipe
+    grid; ``difficulty`` must match the store the runs were trained on."""
 
     name = "twin"
     seed: int = 0
+    difficulty: str = "real"
 
     @classmethod
     def from_mapping(cls, doc, where: str) -> TwinDrivers:
-        d = check_keys(doc, ("seed",), where)
+        d = check_keys(doc, ("seed", "difficulty"), where)
         seed = d.get("seed", 0)
         if not isinstance(seed, int) or isinstance(seed, bool):
             raise RecipeError(f"{where}: seed is {seed!r}; it must be a whole number")
-        return cls(seed=seed)
+        difficulty = d.get("difficulty", "real")
+        if difficulty not in hard.DIFFICULTIES:
+            raise RecipeError(f"{where}: difficulty is {difficulty!r}; choose one of {', '.join(hard.DIFFICULTIES)}")
+        return cls(seed=seed, difficulty=difficulty)
 
     def open(self, grid, days, context: xr.Dataset, *, chunks, base: Path) -> xr.Dataset:
         return twin_grid(grid.lat, grid.lon, pd.DatetimeIndex(days), self.seed, igbp=context["igbp"].values,
-                         koppen=context["koppen"].values, with_truth=False, chunks=dict(chunks))
+                         koppen=context["koppen"].values, with_truth=False, chunks=dict(chunks),
+                         difficulty=self.difficulty)
 
 
 def truth_for_product(recipe, path) -> xr.Dataset:
@@ -821,5 +860,6 @@ def truth_for_product(recipe, path) -> xr.Dataset:
         days = pd.DatetimeIndex(ds.indexes["time"]).normalize()
     ctx = context.grid_context(recipe.grid.lat, recipe.grid.lon)
     truth = twin_grid(recipe.grid.lat, recipe.grid.lon, days, recipe.drivers.seed, igbp=ctx["igbp"].values,
-                      koppen=ctx["koppen"].values, with_truth=True, chunks=dict(recipe.chunks))
+                      koppen=ctx["koppen"].values, with_truth=True, chunks=dict(recipe.chunks),
+                      difficulty=recipe.drivers.difficulty)
     return truth[list(TRUTH_VARS)].compute()

@@ -1,0 +1,193 @@
+"""Calibration of the synthetic twin against the real benchmark: each figure beside its target.
+
+On a twin store (``--sites``, default 474, the last ``--years`` years up to 2020) with the
+Köppen split, the script trains ``--models`` (LightGBM, XGBoost, CT-LSTM by default; one seed)
+and prints their median and 25th-percentile per-site R² (QC = 1 days) beside the published v2
+medians (catalogs/carbonbench/published_site_scores.csv, feature_set minimal, split_type
+Koppen), the GPP ordering of the models, the best possible R² (truth against observation),
+NEE lag-1 autocorrelation, QC = 1 persistence and share (against the real US-AR1 file when
+../shared/data is present), per-IGBP annual budgets against literature ranges, and the sign of
+the annual NEE at US-AR1. ``--build-only`` measures the store build (time, peak memory) alone.
+
+    python benchmarks/bench_twin.py --sites 100 --years 4 --models lightgbm          # cheap
+    python benchmarks/bench_twin.py --sites 474 --years 5 --epochs 10
+    python benchmarks/bench_twin.py --sites 567 --build-only
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import resource
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+os.environ.setdefault("TQDM_DISABLE", "1")
+
+from cbgrid import catalog, evaluation, splits, store, train  # noqa: E402
+from cbgrid.protocol import TrainConfig  # noqa: E402
+from cbgrid.sources import twin, twin_model  # noqa: E402
+
+TARGETS = ("GPP_NT_VUT_USTAR50", "RECO_NT_VUT_USTAR50", "NEE_VUT_USTAR50")
+SHORT = dict(zip(TARGETS, ("GPP", "RECO", "NEE")))
+PUBLISHED_NAMES = {"lightgbm": "LightGBM", "xgboost": "XGBoost", "ctlstm": "ctlstm"}
+US_AR1 = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "fluxnet" / \
+    "FLX_US-AR1_FLUXNET2015_SUBSET_DD_2009-2012_1-3.csv"
+
+
+def peak_rss_gb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
+
+
+def published() -> pd.DataFrame:
+    """Median and 25th percentile of the published per-site R² (minimal, Köppen), by model and target."""
+    p = catalog.published_scores()
+    p = p[(p["feature_set"] == "minimal") & (p["split_type"].str.lower().str.startswith("k"))]
+    g = p.groupby(["model", "target"])["R2"]
+    return pd.DataFrame({"median": g.median(), "p25": g.quantile(0.25)})
+
+
+def build(n_sites: int, start: str, end: str, seed: int, difficulty: str, path: Path) -> float:
+    t0 = time.perf_counter()
+    store.write_store(twin.twin_store(n_sites=n_sites, start=start, end=end, seed=seed, difficulty=difficulty),
+                      path, overwrite=True, progress=False)
+    return time.perf_counter() - t0
+
+
+def model_scores(ds, split, models, epochs, rounds, small_net=False) -> pd.DataFrame:
+    rows = []
+    for m in models:
+        kw = dict(seeds=1)
+        if m in ("lightgbm", "xgboost"):
+            kw["hparams"] = {"n_estimators": rounds}
+        else:
+            kw.update(max_epochs=epochs, patience=max(2, epochs // 3))
+            if small_net:  # the demo's network: affordable on a CPU at 474 sites
+                kw["hparams"] = {"hidden": 64, "layers": 1, "lr": 0.002}
+        t0 = time.perf_counter()
+        run = train.fit(ds, split, TrainConfig(model=m, split="koppen", **kw))
+        frame = evaluation.to_frame(evaluation.evaluate(run.predictions, ds, split, log_exclusions=False))
+        took = time.perf_counter() - t0
+        for t, g in frame.groupby("target"):
+            r = g["R2"].dropna()
+            rows.append({"model": m, "target": t, "median": r.median(), "p25": r.quantile(0.25), "n_sites": r.size,
+                         "seconds": took})
+    return pd.DataFrame(rows)
+
+
+def real_us_ar1() -> dict | None:
+    """QC = 1 share, QC persistence, NEE lag-1 and annual GPP/NEE of the real US-AR1 file."""
+    if not US_AR1.exists():
+        return None
+    df = pd.read_csv(US_AR1, na_values=[-9999, "-9999"])
+    qc, nee, gpp = df["NEE_VUT_50_QC"].to_numpy(float), df["NEE_VUT_50"].to_numpy(float), df["GPP_NT_VUT_50"].to_numpy(float)
+    return {"qc1_share": float(np.nanmean(qc == 1)), "qc1_persistence": float(twin_model.lag1(twin_model.qc1_indicator(qc)[None])[0]),
+            "qc_lag1": float(twin_model.lag1(qc[None])[0]),
+            "nee_lag1": float(twin_model.lag1(nee[None])[0]), "gpp": float(np.nanmean(gpp) * 365.25),
+            "nee": float(np.nanmean(nee) * 365.25)}
+
+
+def us_ar1_twin(seed: int, difficulty: str, start: str, end: str) -> dict:
+    """The twin at US-AR1's coordinates and class (../shared/data/sites when present, else the catalog)."""
+    sites_csv = US_AR1.parents[1] / "sites" / "fluxnet2015_sites.csv"
+    cat = catalog.sites().set_index("site").loc[["US-AR1"]].reset_index()
+    if sites_csv.exists():
+        real = pd.read_csv(sites_csv).set_index("site").loc["US-AR1"]
+        cat["lat"], cat["lon"], cat["igbp"] = real["lat"], real["lon"], real["igbp"]
+    igbp, kop = twin._codes(cat)
+    days = pd.date_range(start, end)
+    out = twin.simulate(cat["lat"], cat["lon"], igbp, kop, days, twin.site_keys(cat["site"]), seed, with_truth=True,
+                        difficulty=difficulty)
+    return {"gpp": float(out["GPP_true"].mean() * 365.25), "nee": float(out["NEE_true"].mean() * 365.25),
+            "lat": float(cat["lat"].iloc[0]), "lon": float(cat["lon"].iloc[0]), "igbp": str(cat["igbp"].iloc[0])}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sites", type=int, default=474)
+    ap.add_argument("--years", type=int, default=5, help="years of record, ending 2020-12-31")
+    ap.add_argument("--models", default="lightgbm,xgboost,ctlstm")
+    ap.add_argument("--epochs", type=int, default=20, help="CT-LSTM max epochs (published: 100)")
+    ap.add_argument("--rounds", type=int, default=300, help="boosting rounds of the trees (published: 1000)")
+    ap.add_argument("--small-net", action="store_true", help="CT-LSTM hidden 64, 1 layer (published: 256, 2)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--difficulty", default="real", choices=twin_model.DIFFICULTIES)
+    ap.add_argument("--store", type=Path, default=None, help="reuse (or create) this twin store")
+    ap.add_argument("--build-only", action="store_true", help="only build the store: time and peak memory")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    start, end = f"{2021 - args.years}-01-01", "2020-12-31"
+
+    tmp = tempfile.TemporaryDirectory()
+    path = args.store or Path(tmp.name) / "twin.zarr"
+    if args.build_only or not path.exists():
+        took = build(args.sites, start, end, args.seed, args.difficulty, path)
+        print(f"build: {args.sites} sites x {start}..{end} ({args.difficulty}): {took:.1f} s, peak RSS {peak_rss_gb():.2f} GB")
+        if args.build_only:
+            return 0
+    ds = store.open_store(path).load()
+    split = splits.make_split(ds, by="koppen", seed=0)
+    rows = []
+
+    # model skill ---------------------------------------------------------------------------
+    pub = published()
+    models = [m for m in args.models.split(",") if m]
+    if models:
+        sc = model_scores(ds, split, models, args.epochs, args.rounds, args.small_net)
+        for _, r in sc.iterrows():
+            p = pub.loc[(PUBLISHED_NAMES[r["model"]], r["target"])]
+            for q, tol in (("median", 0.07), ("p25", 0.10)):
+                rows.append((f"{r['model']} {SHORT[r['target']]} R2 {q}", f"published ±{tol}", r[q], p[q],
+                             abs(r[q] - p[q]) <= tol))
+        g = sc[sc["target"] == TARGETS[0]].set_index("model")["median"]
+        if len(g) > 1:
+            mine = " > ".join(g.sort_values(ascending=False).index)
+            theirs = " > ".join(pub.xs(TARGETS[0], level="target").loc[[PUBLISHED_NAMES[m] for m in g.index], "median"]
+                                .sort_values(ascending=False).index)
+            theirs_ids = {v: k for k, v in PUBLISHED_NAMES.items()}
+            theirs = " > ".join(theirs_ids[n] for n in theirs.split(" > "))
+            rows.append(("GPP ordering", "same as published", mine, theirs, mine == theirs))
+        print(f"(models: one seed, trees {args.rounds} rounds, CT-LSTM <= {args.epochs} epochs; "
+              f"{', '.join(f'{m} {s:.0f} s' for m, s in sc.groupby('model')['seconds'].first().items())})")
+
+    # observation figures ----------------------------------------------------------------------
+    real = real_us_ar1()
+    nee_l1 = np.nanmedian(twin_model.lag1(ds["NEE_VUT_USTAR50"].values))
+    ind = twin_model.qc1_indicator(ds["NEE_VUT_USTAR50_QC"].values)
+    pers = np.nanmedian(twin_model.lag1(ind))
+    share = float(np.nanmean(ind))
+    rows.append(("NEE lag-1 autocorrelation, median", "0.6-0.9", nee_l1, real and real["nee_lag1"], 0.6 <= nee_l1 <= 0.9))
+    rows.append(("QC=1 persistence, median", ">= 0.8", pers, real and real["qc1_persistence"], pers >= 0.8))
+    qc_l1 = np.nanmedian(twin_model.lag1(ds["NEE_VUT_USTAR50_QC"].values))
+    rows.append(("QC value lag-1 autocorrelation, median", "-", qc_l1, real and real["qc_lag1"], None))
+    rows.append(("QC=1 share of observed days", "US-AR1 ±0.05", share, real and real["qc1_share"],
+                 real is not None and abs(share - real["qc1_share"]) <= 0.05))
+
+    # budgets ----------------------------------------------------------------------------------
+    bud = twin.annual_budget(ds)
+    for flux in ("GPP", "RECO", "NEE"):
+        for k, r in bud.iterrows():
+            lo, hi = twin.LITERATURE[flux].get(k, (np.nan, np.nan))
+            if np.isfinite(lo):
+                rows.append((f"{k} annual {flux} (n={int(r['n_sites'])})", f"{lo:.0f}..{hi:.0f}", r[flux], None,
+                             bool(lo <= r[flux] <= hi)))
+    ar = us_ar1_twin(args.seed, args.difficulty, "2009-01-01", "2012-12-31")
+    rows.append((f"US-AR1 annual NEE 2009-2012 ({ar['igbp']}, {ar['lat']:.2f}, {ar['lon']:.2f})", "source (> 0)",
+                 ar["nee"], real and real["nee"], (ar["nee"] > 0) == (real is None or real["nee"] > 0)))
+    rows.append(("US-AR1 annual GPP 2009-2012", "-", ar["gpp"], real and real["gpp"], None))
+
+    table = pd.DataFrame(rows, columns=["figure", "target", "twin", "real/published", "ok"])
+    with pd.option_context("display.width", 200, "display.max_rows", 500, "display.float_format", "{:.3f}".format):
+        print(table.to_string(index=False))
+    ok = table["ok"].dropna().astype(bool)
+    print(f"{int(ok.sum())}/{len(ok)} figures on target")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
