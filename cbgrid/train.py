@@ -159,8 +159,8 @@ def check_config(cfg: TrainConfig) -> TrainConfig:
             raise InputError(f"{name} is {hp[name]!r}; it must be a whole number >= 1 (--{name})")
     if "dropout" in hp and not 0 <= hp["dropout"] < 1:
         raise InputError(f"dropout is {hp['dropout']}; it must be in [0, 1) (--dropout)")
-    if "lr" in hp and not hp["lr"] > 0:
-        raise InputError(f"lr is {hp['lr']}; the learning rate must be > 0 (--lr)")
+    if "lr" in hp and not hp["lr"] >= 0:
+        raise InputError(f"lr is {hp['lr']}; the learning rate must be >= 0 (--lr)")
     return cfg
 
 
