@@ -9,7 +9,7 @@ A recipe is a small YAML file (see ``products/*.yaml``)::
       # local:  paths: [era5land_*.nc, modis_*.nc], engine: netcdf4|h5netcdf|cfgrib|zarr,
       #         variables: {store_name: name_in_file}   (only where names differ)
       # earthengine: project: my-gcp-project (or $EARTHENGINE_PROJECT), feature_set: minimal,
-      #         service_account: key.json, cache: ee-cache, workers: 10   (optional)
+      #         service_account: key.json, cache: ee-cache, workers: 8   (optional)
     grid:
       resolution: 1.0         # degrees; cell centres on a regular lat/lon grid
       region: [-180, -90, 180, 90]   # lon_min, lat_min, lon_max, lat_max
