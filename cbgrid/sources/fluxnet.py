@@ -121,8 +121,9 @@ def _read_table(path: Path) -> pd.DataFrame:
 def _check_values(path: Path, col: str, name: str, values: np.ndarray) -> None:
     """Refuse a column with no value at all or with values outside the catalog's plausible range."""
     finite = np.isfinite(values)
-    if not np.isnan(values).all() and not finite[~np.isnan(values)].all():
-        i = int(np.flatnonzero(~finite & ~np.isnan(values))[0])
+    infinite = ~finite & ~np.isnan(values)
+    if infinite.any():
+        i = int(np.flatnonzero(infinite)[0])
         raise DataError(f"{path.name}: row {i + 2}: {col} = {values[i]} is not a finite number; "
                         f"only {MISSING} marks a missing value")
     if not finite.any():
