@@ -173,6 +173,31 @@ def test_distributed_client_gives_the_same_product(tmp_path, grid10):
         np.testing.assert_array_equal(a[v].values, b[v].values)
 
 
+@pytest.mark.slow
+def test_a_local_cluster_of_two_worker_processes_writes_the_threaded_product(tmp_path):
+    pytest.importorskip("distributed")
+    g = Grid(10.0)
+    ctx = banded_context(g)
+    runs = [StubPredictor(window=2), StubPredictor(0.8)]
+    recipe = _recipe(tmp_path, start="2020-06-29", end="2020-07-03", chunks={"lat": 9, "lon": 12})
+    threaded = upscale.upscale(recipe, runs=runs, scores=None, context=ctx, progress=False)
+    cluster = upscale.upscale(recipe.replace(output=tmp_path / "out-cluster"), runs=runs, scores=None, context=ctx,
+                              progress=False, scheduler="local:2")
+    assert [p.name for p in cluster["products"]] == ["test_2020-06.nc", "test_2020-07.nc"]
+    for a, b in zip(threaded["products"], cluster["products"]):
+        a, b = product.open_product(a).load(), product.open_product(b).load()
+        for v in ("GPP", "RECO", "NEE", "GPP_sd", "RECO_sd", "NEE_sd"):
+            np.testing.assert_array_equal(a[v].values, b[v].values)
+    assert cluster["timings"]["seconds"]["predict"] > 0 and cluster["timings"]["seconds"]["drivers"] > 0
+
+
+def test_a_local_cluster_spec_is_local_or_local_n():
+    assert upscale.local_cluster_spec("local:3") == 3 and upscale.local_cluster_spec("tcp://h:8786") is None
+    assert upscale.local_cluster_spec("local") >= 1
+    with pytest.raises(InputError, match="local:N"):
+        upscale.local_cluster_spec("local:none")
+
+
 def test_compare_with_truth(tmp_path, grid10):
     g, ctx, drivers, days = grid10
     recipe = _recipe(tmp_path, start="2020-07-01", end="2020-07-04")
