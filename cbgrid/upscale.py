@@ -236,22 +236,26 @@ def predict_blocks(drivers: xr.Dataset, runs: Sequence, ctx: xr.Dataset, out_day
         (v.data if hasattr(v.data, "dask") else da.from_array(np.asarray(v.data)))
         for v in (drv[k] for k in names)
     ]).astype(np.float32).rechunk((-1, -1, cl, co))
-    glat, glon = np.meshgrid(ctx["lat"].values, ctx["lon"].values, indexing="ij")
     ch2 = (cl, co)
-    aux = [da.from_array(np.asarray(a), chunks=ch2) for a in (
-        ctx["igbp"].values, ctx["koppen"].values, ctx["modelled"].values, glat, glon)]
+    # the class layers as int8 and the cells' lat/lon from the 1-D axes: nothing per cell beyond
+    # what the task needs travels in the graph
+    aux = [da.from_array(np.asarray(a, dtype=t), chunks=ch2) for a, t in (
+        (ctx["igbp"].values, np.int8), (ctx["koppen"].values, np.int8), (ctx["modelled"].values, bool))]
     runs = tuple(str(Path(r).resolve()) if isinstance(r, (str, os.PathLike)) else r for r in runs)
     out_chunks = ((len(CHANNELS),), (len(out_days),), stacked.chunks[2], stacked.chunks[3])
     return da.map_blocks(
         _predict_block_4d, stacked, *[a[None, None] for a in aux],
+        lat=np.asarray(ctx["lat"].values, np.float64), lon=np.asarray(ctx["lon"].values, np.float64),
         names=tuple(names), in_days=in_days.values, out_days=out_days.values, runs=runs, plan=plan,
         dtype=np.float32, chunks=out_chunks, token="cbgrid-predict",
     )
 
 
-def _predict_block_4d(drv, igbp, koppen, modelled, lat2d, lon2d, **kw):
+def _predict_block_4d(drv, igbp, koppen, modelled, *, lat, lon, block_info=None, **kw):
     """``_predict_block`` for the 4-D blocks ``dask.array.map_blocks`` hands over."""
-    return _predict_block(drv, igbp[0, 0], koppen[0, 0], modelled[0, 0], lat2d[0, 0], lon2d[0, 0], **kw)
+    (y0, y1), (x0, x1) = block_info[None]["array-location"][2:]
+    lat2d, lon2d = np.meshgrid(lat[y0:y1], lon[x0:x1], indexing="ij")
+    return _predict_block(drv, igbp[0, 0], koppen[0, 0], modelled[0, 0], lat2d, lon2d, **kw)
 
 
 # --------------------------------------------------------------------------------------------
