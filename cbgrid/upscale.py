@@ -8,8 +8,14 @@ The chain for one recipe (``cbgrid.recipe``)::
                                       (``cbgrid.sources``: twin | local | earthengine)
     predict_blocks(drivers, runs,...) lazy dask array, one task per spatial chunk over the whole
                                       time span (incl. the temporal models' spin-up)
-    write_blocks(blocks, writer, ...) blocks computed a few at a time and handed to a
-                                      ``BlockWriter`` as they arrive (``cbgrid.product``)
+    write_blocks(blocks, writers,...) blocks computed a few at a time and handed to the
+                                      ``BlockWriter`` of each piece as they arrive (``cbgrid.product``)
+
+Consecutive period pieces (months) are grouped into ``spans`` of up to ``SPAN_DAYS``: the drivers
+are opened once per span (the twin simulates it with one spin-up), and each task predicts every
+piece from the drivers that piece would get on its own (``piece_plan``), so the files equal the
+month-by-month ones. ``upscale`` reports where the time went per ``STAGES`` (driver tasks,
+prediction tasks, the writer) in its ``timings``.
 
 Runs are ``cbgrid.contracts.Predictor``s (run folders are loaded as ``cbgrid.runs.Run``).
 
@@ -17,7 +23,8 @@ Each task stacks the land cells of its chunk into a (site, time) Dataset — the
 trained run predicts on — so trees and networks take the code path they take on sites. The
 task function is a module-level function whose arguments are arrays, run paths and small
 options: it pickles, so the same code runs on the local threaded scheduler or on a
-``dask.distributed`` cluster (``scheduler=ADDRESS``). Only finished blocks travel back to the
+``dask.distributed`` cluster (``scheduler=ADDRESS``, or ``"local:N"``: N local worker processes).
+Only finished blocks travel back to the
 client that writes the file, so workers need no access to the output folder, and memory is one
 batch of blocks, whatever the grid size.
 
