@@ -35,8 +35,11 @@ is the standard deviation across all members, each run weighted equally:
 
 from __future__ import annotations
 
+import collections
+import concurrent.futures
 import contextlib
 import functools
+import itertools
 import logging
 import os
 import threading
@@ -311,19 +314,52 @@ class _StageTimes(dask.callbacks.Callback):
 
 
 def _compute(parts, client, seconds: dict) -> list:
-    """Compute delayed blocks; the seconds of their tasks are added to ``seconds`` per stage."""
+    """Compute delayed blocks on the local scheduler; the seconds of their tasks are added to
+    ``seconds`` per stage."""
+    with _StageTimes(seconds):
+        return list(dask.compute(*parts))
+
+
+def _computed(todo: list, client, batch: int, seconds: dict):
+    """Yield (block, i0, j0) in order, computing ahead while the caller writes.
+
+    Locally: the next batch of ``batch`` blocks is computed in a background thread while the
+    current one is written. On a cluster: up to ``2 * batch`` blocks are in flight, and each
+    finished block is gathered, released on the workers and yielded in order. Either way a
+    bounded number of blocks is held, and the blocks reach the writer in the same order.
+    """
     if client is None:
-        with _StageTimes(seconds):
-            return list(dask.compute(*parts))
+        parts = [todo[k:k + batch] for k in range(0, len(todo), batch)]
+        with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+            ahead = pool.submit(_compute, [d for d, _, _ in parts[0]], None, seconds) if parts else None
+            for k, part in enumerate(parts):
+                results = ahead.result()
+                ahead = (pool.submit(_compute, [d for d, _, _ in parts[k + 1]], None, seconds)
+                         if k + 1 < len(parts) else None)
+                for res, (_, i0, j0) in zip(results, part):
+                    yield res, i0, j0
+                del results
+        return
     distributed = require("distributed", "upscaling on a dask.distributed cluster")
     with distributed.get_task_stream(client) as ts:
-        results = client.gather(client.compute(parts))
+        window: collections.deque = collections.deque()
+        pending = iter(todo)
+        for d, i0, j0 in itertools.islice(pending, 2 * batch):
+            window.append((client.compute(d), i0, j0))
+        while window:
+            fut, i0, j0 = window.popleft()
+            res = fut.result()
+            fut.release()
+            nxt = next(pending, None)
+            if nxt is not None:
+                window.append((client.compute(nxt[0]), nxt[1], nxt[2]))
+            yield res, i0, j0
+            del res
     for rec in ts.data:
         for ss in rec.get("startstops", ()):
             if ss.get("action") == "compute":
                 stage = _stage(rec["key"])
                 seconds[stage] = seconds.get(stage, 0.0) + ss["stop"] - ss["start"]
-    return results
 
 
 def write_blocks(blocks, writer: BlockWriter | Sequence[BlockWriter], *, client=None, progress: bool = True,
@@ -352,22 +388,20 @@ def write_blocks(blocks, writer: BlockWriter | Sequence[BlockWriter], *, client=
     batch = batch or _n_workers(client)
     abs_diff, n_diff = np.zeros(len(writers)), np.zeros(len(writers), dtype=np.int64)
     with progress_bar(total=len(todo), desc=desc, unit="block", progress=progress) as bar:
-        for k in range(0, len(todo), batch):
-            part = todo[k:k + batch]
-            results = _compute([d for d, _, _ in part], client, seconds)
+        for n, (res, i0, j0) in enumerate(_computed(todo, client, batch, seconds), 1):
             t0 = time.perf_counter()
-            for res, (_, i0, j0) in zip(results, part):
-                for w, (a, b) in enumerate(zip(bounds_[:-1], bounds_[1:])):
-                    g, r, nee_model, gs, rs, ns = res[:, a:b]
-                    writers[w].write(i0, j0, gpp=g, reco=r, gpp_sd=gs, reco_sd=rs, nee_sd=ns)
-                    bal = r - g
-                    ok = np.isfinite(bal) & np.isfinite(nee_model)
-                    abs_diff[w] += float(np.abs(nee_model[ok] - bal[ok]).sum())
-                    n_diff[w] += int(ok.sum())
+            for w, (a, b) in enumerate(zip(bounds_[:-1], bounds_[1:])):
+                g, r, nee_model, gs, rs, ns = res[:, a:b]
+                writers[w].write(i0, j0, gpp=g, reco=r, gpp_sd=gs, reco_sd=rs, nee_sd=ns)
+                bal = r - g
+                ok = np.isfinite(bal) & np.isfinite(nee_model)
+                abs_diff[w] += float(np.abs(nee_model[ok] - bal[ok]).sum())
+                n_diff[w] += int(ok.sum())
+            del res, g, r, nee_model, gs, rs, ns
             seconds["write"] = seconds.get("write", 0.0) + time.perf_counter() - t0
-            del results
-            release_memory()
-            bar.update(len(part))
+            if n % batch == 0 or n == len(todo):
+                release_memory()
+            bar.update(1)
     diags = []
     for w, wr in enumerate(writers):
         diag = {"nee_model_minus_balance_mean_abs": abs_diff[w] / n_diff[w] if n_diff[w] else float("nan"),
