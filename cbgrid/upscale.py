@@ -24,9 +24,8 @@ trained run predicts on — so trees and networks take the code path they take o
 task function is a module-level function whose arguments are arrays, run paths and small
 options: it pickles, so the same code runs on the local threaded scheduler or on a
 ``dask.distributed`` cluster (``scheduler=ADDRESS``, or ``"local:N"``: N local worker processes).
-Only finished blocks travel back to the
-client that writes the file, so workers need no access to the output folder, and memory is one
-batch of blocks, whatever the grid size.
+Only finished blocks travel back to the client that writes the file, so workers need no access
+to the output folder, and memory is a few blocks in flight, whatever the grid size.
 
 Ensemble: the product is the mean of the runs' (seed-averaged) predictions; its ``*_sd`` layer
 is the standard deviation across all members, each run weighted equally:
@@ -208,7 +207,11 @@ def piece_plan(in_days: pd.DatetimeIndex, out_days: pd.DatetimeIndex, lengths: S
     plan, o0 = [], 0
     for k, n in enumerate(lengths):
         first, last = out_days[o0], out_days[o0 + n - 1]
-        i0 = 0 if k == 0 else int(in_days.get_loc(first - pd.Timedelta(days=spin)))
+        start = first - pd.Timedelta(days=spin)
+        if k and start < in_days[0]:
+            raise InputError(f"the drivers start {in_days[0].date()}; the piece from {first.date()} needs them "
+                             f"from {start.date()} ({spin} days of spin-up)")
+        i0 = 0 if k == 0 else int(in_days.get_loc(start))
         plan.append((o0, o0 + n, i0, int(in_days.get_loc(last)) + 1))
         o0 += n
     return tuple(plan)
