@@ -151,7 +151,7 @@ def test_piece_plan_refuses_pieces_that_do_not_split_the_days():
     days = pd.date_range("2020-01-01", "2020-01-10")
     with pytest.raises(InputError, match="do not split"):
         upscale.piece_plan(days, days[2:], [3, 4], spin=2)
-    with pytest.raises(InputError, match="needs them from 2019-12-30"):
+    with pytest.raises(InputError, match="needs them from 2019-12-31"):
         upscale.piece_plan(days, days[2:], [1, 7], spin=4)
 
 
