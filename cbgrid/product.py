@@ -327,11 +327,17 @@ class ProductWriter:
         tc = min(nt, 31)
         flux = dict(zlib=True, complevel=self.complevel, shuffle=True, fill_value=FILL,
                     chunksizes=(tc, *self.chunks))
+        # Each block fills whole chunks (the blocks are the chunks), so a chunk is final when its
+        # block is written: a cache of two chunks per variable instead of the library's 64 MB,
+        # which would fill up to the size of the layer and grow with the grid (and the files open).
+        cache = 2 * tc * self.chunks[0] * self.chunks[1] * 4
         for name in FLUXES:
             v = nc.createVariable(name, "f4", ("time", "lat", "lon"), **flux)
+            v.set_var_chunk_cache(size=cache, nelems=17, preemption=1.0)
             v.setncatts({**FLUX_ATTRS[name], "units": UNITS, "cell_methods": "time: mean area: mean where land",
                          "cell_measures": "area: cell_area", "ancillary_variables": f"{name}_sd"})
             sd = nc.createVariable(f"{name}_sd", "f4", ("time", "lat", "lon"), **flux)
+            sd.set_var_chunk_cache(size=cache, nelems=17, preemption=1.0)
             sd.setncatts({"long_name": f"ensemble standard deviation of {name} (carbon)", "units": UNITS,
                           "cell_methods": "time: mean", "cell_measures": "area: cell_area",
                           "comment": "spread across all ensemble members (seeds x runs); an uncertainty layer"})

@@ -67,15 +67,26 @@ class Totals:
         for k, (lo, hi) in enumerate(ZONES):
             zone[(self.lat >= lo) & (self.lat < hi if hi < 90 else self.lat <= hi)] = k
         self.regions = [("global", "global")] + [("zonal", zone_name(*z)) for z in ZONES] + [("igbp", n) for n in names]
-        ny, nx = self.lat.size, self.lon.size
-        member = np.zeros((ny, nx, len(self.regions)), bool)
-        member[:, :, 0] = True
-        for k in range(len(ZONES)):
-            member[zone == k, :, 1 + k] = True
-        for c in range(len(names)):
-            member[:, :, 1 + len(ZONES) + c] = codes == c
-        self._member = member
+        # region membership is built per block from these (not held as a (lat, lon, region)
+        # array, which would grow with the grid for every open writer)
+        self._zone = zone
+        self._codes = np.where((codes >= 0) & (codes < len(names)), codes, -1).astype(np.int8)
+        self._present = np.isin(np.arange(len(names)), self._codes)
         self.sums: dict[str, np.ndarray] = {}
+
+    def _membership(self, sl) -> np.ndarray:
+        """(cells, region) 0/1 weights of the cells of block ``sl``: global, zone, IGBP class."""
+        codes = self._codes[sl]
+        zone = np.broadcast_to(self._zone[sl[0]][:, None], codes.shape).ravel()
+        m = np.zeros((codes.size, len(self.regions)))
+        m[:, 0] = 1.0
+        rows = np.arange(codes.size)
+        ok = zone >= 0
+        m[rows[ok], 1 + zone[ok]] = 1.0
+        c = codes.ravel().astype(np.int64)
+        ok = c >= 0
+        m[rows[ok], 1 + len(ZONES) + c[ok]] = 1.0
+        return m
 
     def add(self, i0: int, j0: int, **fluxes) -> None:
         """Add a (time, lat, lon) block at (i0, j0) of each named flux (g m-2 d-1, NaN = none);
@@ -87,7 +98,7 @@ class Totals:
             ny, nx = block.shape[1:]
             sl = (slice(i0, i0 + ny), slice(j0, j0 + nx))
             w = (np.nan_to_num(block) * self.weights[sl]).reshape(block.shape[0], -1)
-            m = self._member[sl].reshape(-1, len(self.regions)).astype(np.float64)
+            m = self._membership(sl)
             part = w @ m  # (time, region) grams per day
             if name not in self.sums:
                 self.sums[name] = np.zeros((len(self.days), len(self.regions)))
@@ -106,7 +117,7 @@ class Totals:
                   if f"{name}_sd" in self.sums else None)
             ndays = pd.Series(1, index=key).groupby(level=0, sort=True).sum()
             for r, (kind, region) in enumerate(self.regions):
-                if kind == "igbp" and not self._member[:, :, r].any():
+                if kind == "igbp" and not self._present[r - 1 - len(ZONES)]:
                     continue
                 for p in tot.index:
                     rows.append((p, kind, region, name, float(tot.loc[p, r]),

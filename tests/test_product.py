@@ -140,3 +140,13 @@ def test_cell_area_sums_to_the_sphere():
 def test_score_attrs_without_scores_say_so():
     attrs = product.score_attrs(None)
     assert "not available" in attrs["zero_shot_scores"]
+
+
+def test_the_writer_caches_two_chunks_per_layer_not_the_layer(tmp_path):
+    g = Grid(2.0)
+    ctx = random_context(g.lat, g.lon)
+    days = pd.date_range("2020-07-01", "2020-07-31")
+    with product.ProductWriter(tmp_path / "p.nc", g.lat, g.lon, days, context=ctx, attrs={}, chunks=(9, 18)) as w:
+        for name in ("GPP", "RECO", "NEE", "GPP_sd", "RECO_sd", "NEE_sd"):
+            size, _, preemption = w._nc[name].get_var_chunk_cache()
+            assert size == 2 * 31 * 9 * 18 * 4 and preemption == 1.0

@@ -103,6 +103,58 @@ def test_upscale_writes_products_scores_and_respects_the_balance(tmp_path):
         "test_scores.csv", "test_2020-06.nc", "test_2020-06_totals.csv", "test_2020-07.nc", "test_2020-07_totals.csv"]
 
 
+def test_the_twin_simulated_over_a_span_equals_the_twin_simulated_per_month():
+    from cbgrid.sources.twin import DRIVER_VARS, twin_grid
+
+    g = Grid(10.0)
+    ctx = banded_context(g)
+    kw = dict(igbp=ctx["igbp"].values, koppen=ctx["koppen"].values, with_truth=False, chunks={"lat": 9, "lon": 18})
+    span = twin_grid(g.lat, g.lon, pd.date_range("2020-05-28", "2020-08-31"), 4, **kw).compute()
+    for first, last in (("2020-06-28", "2020-07-31"), ("2020-07-29", "2020-08-31")):
+        alone = twin_grid(g.lat, g.lon, pd.date_range(first, last), 4, **kw).compute()
+        part = span.sel(time=slice(first, last))
+        for v in DRIVER_VARS:
+            a, b = alone[v].values, part[v].values
+            np.testing.assert_array_equal(np.isnan(a), np.isnan(b))
+            scale = max(float(np.nanmax(np.abs(a))), 1e-30)
+            assert float(np.nanmax(np.abs(a - b))) <= 1e-5 * scale, v
+
+
+def test_months_upscaled_together_equal_months_upscaled_one_by_one(tmp_path, monkeypatch):
+    from cbgrid.sources import twin
+
+    opened = []
+    real = twin.twin_grid
+    monkeypatch.setattr(twin, "twin_grid", lambda lat, lon, time, *a, **k: opened.append(len(time)) or
+                        real(lat, lon, time, *a, **k))
+    g = Grid(10.0)
+    ctx = banded_context(g)
+    runs = [StubPredictor(window=3), StubPredictor(1.3)]
+    products = {}
+    for span in (1, upscale.SPAN_DAYS):
+        recipe = _recipe(tmp_path / str(span), start="2020-06-28", end="2020-08-02", chunks={"lat": 9, "lon": 12})
+        products[span] = upscale.upscale(recipe, runs=runs, scores=None, context=ctx, progress=False, span_days=span)
+    # one opening (one spin-up) of the drivers for the three months instead of one per month
+    assert opened == [3 + 3, 31 + 3, 2 + 3, 36 + 3]
+    for one, together in zip(products[1]["products"], products[upscale.SPAN_DAYS]["products"]):
+        assert one.name == together.name and product.check_product(together) == []
+        a, b = product.open_product(one).load(), product.open_product(together).load()
+        assert a.sizes == b.sizes
+        for v in ("GPP", "RECO", "NEE", "GPP_sd", "NEE_sd"):
+            np.testing.assert_allclose(b[v].values, a[v].values, rtol=1e-5, atol=1e-6, equal_nan=True)
+    t = products[upscale.SPAN_DAYS]["timings"]
+    assert set(t["seconds"]) == set(upscale.STAGES) and min(t["seconds"].values()) > 0
+    assert t["cell_days"] == int(ctx["modelled"].sum()) * 36 and t["cell_days_per_s"] > 0
+
+
+def test_piece_plan_refuses_pieces_that_do_not_split_the_days():
+    days = pd.date_range("2020-01-01", "2020-01-10")
+    with pytest.raises(InputError, match="do not split"):
+        upscale.piece_plan(days, days[2:], [3, 4], spin=2)
+    with pytest.raises(InputError, match="needs them from 2019-12-31"):
+        upscale.piece_plan(days, days[2:], [1, 7], spin=4)
+
+
 def test_distributed_client_gives_the_same_product(tmp_path, grid10):
     distributed = pytest.importorskip("distributed")
     import cloudpickle
@@ -121,6 +173,31 @@ def test_distributed_client_gives_the_same_product(tmp_path, grid10):
     b = product.open_product(remote["products"][0]).load()
     for v in ("GPP", "RECO", "NEE", "NEE_sd"):
         np.testing.assert_array_equal(a[v].values, b[v].values)
+
+
+@pytest.mark.slow
+def test_a_local_cluster_of_two_worker_processes_writes_the_threaded_product(tmp_path):
+    pytest.importorskip("distributed")
+    g = Grid(10.0)
+    ctx = banded_context(g)
+    runs = [StubPredictor(window=2), StubPredictor(0.8)]
+    recipe = _recipe(tmp_path, start="2020-06-29", end="2020-07-03", chunks={"lat": 9, "lon": 12})
+    threaded = upscale.upscale(recipe, runs=runs, scores=None, context=ctx, progress=False)
+    cluster = upscale.upscale(recipe.replace(output=tmp_path / "out-cluster"), runs=runs, scores=None, context=ctx,
+                              progress=False, scheduler="local:2")
+    assert [p.name for p in cluster["products"]] == ["test_2020-06.nc", "test_2020-07.nc"]
+    for a, b in zip(threaded["products"], cluster["products"]):
+        a, b = product.open_product(a).load(), product.open_product(b).load()
+        for v in ("GPP", "RECO", "NEE", "GPP_sd", "RECO_sd", "NEE_sd"):
+            np.testing.assert_array_equal(a[v].values, b[v].values)
+    assert cluster["timings"]["seconds"]["predict"] > 0 and cluster["timings"]["seconds"]["drivers"] > 0
+
+
+def test_a_local_cluster_spec_is_local_or_local_n():
+    assert upscale.local_cluster_spec("local:3") == 3 and upscale.local_cluster_spec("tcp://h:8786") is None
+    assert upscale.local_cluster_spec("local") >= 1
+    with pytest.raises(InputError, match="local:N"):
+        upscale.local_cluster_spec("local:none")
 
 
 def test_compare_with_truth(tmp_path, grid10):

@@ -20,7 +20,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--runs", nargs="+", type=Path, default=None, help="run folders to use instead of the recipe's runs")
     p.add_argument("--output", type=Path, default=None, help="output folder instead of the recipe's")
     p.add_argument("--scheduler", default=None, metavar="ADDRESS",
-                   help="dask.distributed scheduler address (e.g. tcp://10.0.0.5:8786); default: local threads")
+                   help="dask.distributed scheduler address (e.g. tcp://10.0.0.5:8786), or local:N for a local "
+                        "cluster of N worker processes; default: local threads")
     p.add_argument("--institution", default="unspecified", help="the product's `institution` attribute")
     p.add_argument("--no-quicklook", action="store_true", help="skip the quicklook PNGs")
     p.add_argument("--overwrite", action="store_true",

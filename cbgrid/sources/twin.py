@@ -668,15 +668,26 @@ def _site_block(lat, lon, igbp, kop, time, keys, seed, names, difficulty="real")
     return np.stack([out[k] for k in names])
 
 
+#: Cell-days (spin-up included) one ``simulate`` call of a twin_grid task holds at once: its
+#: float64 intermediates take ~770 bytes per cell-day, so a task stays near 400 MB whatever its
+#: chunk and period (locations are independent, so the grouping changes no value).
+GRID_CELL_DAYS = 500_000
+
+
 def _grid_block(lat, lon, igbp, kop, keys, land, time, seed, with_truth, names, difficulty="real") -> np.ndarray:
     """One dask task of twin_grid: (variable, time, lat, lon) float32 for a spatial chunk;
-    only land cells are simulated, the rest is NaN."""
+    only land cells are simulated (``GRID_CELL_DAYS`` at a time), the rest is NaN."""
     res = np.full((len(names), len(time)) + land.shape, np.nan, dtype=np.float32)
-    if land.any():
-        out = simulate(lat[land], lon[land], igbp[land], kop[land], time, keys[land], seed, with_truth=with_truth,
+    ii, jj = np.nonzero(land)
+    ref = (REFERENCE_PERIOD[1] - REFERENCE_PERIOD[0]).days + 1
+    group = max(1, GRID_CELL_DAYS // (max(len(time), ref) + SPINUP_DAYS))
+    for c0 in range(0, ii.size, group):
+        i, j = ii[c0:c0 + group], jj[c0:c0 + group]
+        out = simulate(lat[i, j], lon[i, j], igbp[i, j], kop[i, j], time, keys[i, j], seed, with_truth=with_truth,
                        difficulty=difficulty)
         for v, k in enumerate(names):
-            res[v][:, land] = out[k].T
+            res[v][:, i, j] = out[k].T
+        del out
     return res
 
 
