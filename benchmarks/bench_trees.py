@@ -26,6 +26,7 @@ import os
 import resource
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -50,6 +51,31 @@ def _store(path: Path, sites: int) -> Path:
     return path
 
 
+def _rss_gb() -> float:
+    """This process's resident memory now (Linux ``/proc/self/statm``), GB."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**30
+
+
+class _PeakRSS:
+    """The highest resident memory seen (every 20 ms) while the ``with`` block runs."""
+
+    def __enter__(self):
+        self.gb, self._stop = _rss_gb(), threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+        self._thread.start()
+        return self
+
+    def _watch(self):
+        while not self._stop.wait(0.02):
+            self.gb = max(self.gb, _rss_gb())
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.gb = max(self.gb, _rss_gb())
+
+
 def one(store_path: Path, variant: str, rounds: int, threads: int | None) -> dict:
     """Fit one variant in this process; its figures as a dict."""
     import dataclasses
@@ -58,6 +84,7 @@ def one(store_path: Path, variant: str, rounds: int, threads: int | None) -> dic
 
     from cbgrid import models, pipeline, protocol, splits, store
     from cbgrid.members import TreeMember
+    from cbgrid.runtime import release_memory
 
     name, extra, multi = VARIANTS[variant]
     ds = store.open_store(store_path)
@@ -72,17 +99,20 @@ def one(store_path: Path, variant: str, rounds: int, threads: int | None) -> dic
         hp["n_estimators"] = rounds
     member = TreeMember(models.spec(name), data.prepared.x.shape[-1], hp, cfg, "cpu", cfg.first_seed)
     member.model.multi_output = multi
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-    t0 = time.perf_counter()
-    member.fit(data)
-    fit_s = time.perf_counter() - t0
+    release_memory()
+    before = _rss_gb()
+    with _PeakRSS() as peak:
+        t0 = time.perf_counter()
+        member.fit(data)
+        fit_s = time.perf_counter() - t0
     per = member.model.round_seconds()
     fit_idx, _ = data.index("static", cfg.windows)
     n_boosters = len(member.model.boosters)
     built = sum(b.num_boosted_rounds() if name == "xgboost" else b.num_trees() for b in member.model.boosters)
     return {"variant": variant, "rows": len(fit_idx), "boosters": n_boosters, "rounds_built": built,
             "fit_s": fit_s, "s_per_round": n_boosters * float(np.median(per)),
-            "peak_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, "before_fit_gb": before}
+            "peak_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, "before_fit_gb": before,
+            "fit_peak_gb": peak.gb}
 
 
 def main(argv=None) -> None:
@@ -105,15 +135,17 @@ def main(argv=None) -> None:
     what = f"{args.rounds} rounds, no early stopping" if args.rounds else "published fits"
     print(f"store {args.store}; {what}; "
           f"load average {os.getloadavg()[0]:.1f}")
-    print(f"{'variant':<18} {'rows':>9} {'boosters':>8} {'rounds':>7} {'fit s':>8} {'s/round':>8} {'peak GB':>8} "
-          f"{'before GB':>9}")
+    print("GB: resident memory before the fit (the training arrays and table), the highest during the fit, and "
+          "the process's peak (ru_maxrss, reading included)")
+    print(f"{'variant':<18} {'rows':>9} {'boosters':>8} {'rounds':>7} {'fit s':>8} {'s/round':>8} {'before':>7} "
+          f"{'fit peak':>8} {'process':>8}")
     for v in args.variants:
         cmd = [sys.executable, __file__, "--one", v, "--store", str(args.store), "--rounds", str(args.rounds)]
         if args.threads:
             cmd += ["--threads", str(args.threads)]
         r = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.splitlines()[-1])
         print(f"{v:<18} {r['rows']:>9} {r['boosters']:>8} {r['rounds_built']:>7} {r['fit_s']:>8.1f} "
-              f"{r['s_per_round']:>8.3f} {r['peak_gb']:>8.2f} {r['before_fit_gb']:>9.2f}   "
+              f"{r['s_per_round']:>8.3f} {r['before_fit_gb']:>7.2f} {r['fit_peak_gb']:>8.2f} {r['peak_gb']:>8.2f}   "
               f"(load {os.getloadavg()[0]:.1f})", flush=True)
 
 
