@@ -47,6 +47,24 @@ class CarbonLoss(nn.Module):
             return mse
         return mse + self.alpha * self.balance(pred)
 
+    def per_member(self, pred: torch.Tensor, y: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        """(K,) the loss of each member of a grouped prediction (K, B, ..., 3) against one
+        batch's ``y`` (B, ..., 3) and ``w`` (B, ...): ``forward`` of each member's slice.
+
+        >>> loss = CarbonLoss([0, 0, 0], [1, 1, 1], alpha=0.0)
+        >>> pred, y, w = torch.ones(2, 4, 3), torch.zeros(4, 3), torch.ones(4)
+        >>> loss.per_member(pred * torch.tensor([1.0, 2.0])[:, None, None], y, w).tolist()
+        [1.0, 4.0]
+        """
+        mse = (w.unsqueeze(-1) * (pred - y).square()).flatten(1).mean(1)
+        if not self.alpha or self.kind == "none":
+            return mse
+        if self.kind == "scaled":
+            bal = (pred[..., 2] - (pred[..., 1] - pred[..., 0])).square()
+        else:
+            bal = (pred @ self._c + self._d).square()
+        return mse + self.alpha * bal.flatten(1).mean(1)
+
     def balance(self, pred: torch.Tensor) -> torch.Tensor:
         """mean((NEE − (RECO − GPP))²) of scaled predictions: in (gC m-2 d-1)² (``physical``), or
         of the standardised values themselves (``scaled``)."""

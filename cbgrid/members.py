@@ -87,10 +87,13 @@ class NetworkMember:
     family = "network"
     seed_independent = False
 
-    def __init__(self, spec: ModelSpec, n_features: int, hp: dict, cfg: TrainConfig, device: str, seed: int):
+    def __init__(self, spec: ModelSpec, n_features: int, hp: dict, cfg: TrainConfig, device: str, seed: int,
+                 batch_seed: int | None = None):
         import torch
 
         self.spec, self.cfg, self.device, self.seed = spec, cfg, device, seed
+        #: the seed of the batch order (the member's own seed; a grouped ensemble's first seed)
+        self.batch_seed = seed if batch_seed is None else int(batch_seed)
         self.rules = cfg.rules
         hp = dict(hp)
         self.lr = float(hp.pop("lr", 1e-3))
@@ -103,7 +106,7 @@ class NetworkMember:
     def _batches(self, t, index, shuffle: bool, batch_size: int | None = None):
         return pipeline.Batches(
             t, index, kind=self.spec.kind, window=self.cfg.window, horizon=self.cfg.horizon,
-            batch_size=batch_size or self.cfg.batch_size, shuffle=shuffle, seed=self.seed,
+            batch_size=batch_size or self.cfg.batch_size, shuffle=shuffle, seed=self.batch_seed,
             context=self.cfg.context_windows if self.spec.needs_context else 0,
         )
 
@@ -115,14 +118,7 @@ class NetworkMember:
 
         cfg = self.cfg
         t = data.tensors(self.device)
-        fit_idx, val_idx = data.index(self.spec.kind, cfg.windows)
-        if len(fit_idx) == 0:
-            what = (f"{cfg.window}-day windows with observed targets in their last {cfg.horizon} days"
-                    if self.spec.kind == "temporal" else "days with GPP, RECO and NEE observed")
-            rule = " and complete features (reference protocol)" if self.rules.reference else ""
-            raise InputError(f"no training samples: the training sites have no {what}{rule}")
-        if len(val_idx) == 0:
-            log.warning("no validation samples; model selection watches the training loss")
+        fit_idx, val_idx = self.samples(data)
         crit = CarbonLoss(data.scaler.y_mean, data.scaler.y_std, cfg.alpha, self.rules.balance).to(self.device)
         train_b = self._batches(t, fit_idx, shuffle=True)
         val_b = self._batches(t, val_idx, shuffle=False, batch_size=max(4 * cfg.batch_size, 1024))
@@ -140,6 +136,19 @@ class NetworkMember:
             curves.append(self._train(self.net, Schedule.main(self.rules, cfg, self.lr), crit, train_b, val_b,
                                       progress, phase=self.spec.name))
         return pd.concat(curves, ignore_index=True)
+
+    def samples(self, data: TrainingData) -> tuple[np.ndarray, np.ndarray]:
+        """(fit, validation) sample indices; InputError when there is nothing to fit."""
+        cfg = self.cfg
+        fit_idx, val_idx = data.index(self.spec.kind, cfg.windows)
+        if len(fit_idx) == 0:
+            what = (f"{cfg.window}-day windows with observed targets in their last {cfg.horizon} days"
+                    if self.spec.kind == "temporal" else "days with GPP, RECO and NEE observed")
+            rule = " and complete features (reference protocol)" if self.rules.reference else ""
+            raise InputError(f"no training samples: the training sites have no {what}{rule}")
+        if len(val_idx) == 0:
+            log.warning("no validation samples; model selection watches the training loss")
+        return fit_idx, val_idx
 
     def _train(self, net, sched: Schedule, crit, train_b, val_b, progress: bool, phase: str,
                support: bool = False) -> pd.DataFrame:
@@ -300,6 +309,150 @@ class NetworkMember:
             ) from e
         self.net.eval()
         return self
+
+
+def ensemble_mode(cfg: TrainConfig, device: str) -> str:
+    """How the seed ensemble of ``cfg`` trains on ``device``: 'grouped' or 'sequential'
+    (``TrainConfig.ensemble``; 'auto' groups on CUDA, where one grouped network per batch beats
+    K small ones, and stays sequential on the CPU, where it does not).
+
+    >>> from cbgrid.protocol import TrainConfig
+    >>> ensemble_mode(TrainConfig(model="ctlstm"), "cuda"), ensemble_mode(TrainConfig(model="ctlstm"), "cpu")
+    ('grouped', 'sequential')
+    >>> ensemble_mode(TrainConfig(model="xgboost", ensemble="grouped"), "cuda")
+    Traceback (most recent call last):
+    cbgrid.errors.InputError: ensemble 'grouped': xgboost has no grouped form (mlp, lstm, ctlstm, gru, ctgru have); use --ensemble sequential or auto
+    """
+    from cbgrid.models.grouped import GROUPED
+
+    if cfg.ensemble not in ("auto", "grouped", "sequential"):
+        raise InputError(f"ensemble is {cfg.ensemble!r}; use auto, grouped or sequential (--ensemble)")
+    if cfg.ensemble == "sequential" or (cfg.ensemble == "auto" and not str(device).startswith("cuda")):
+        return "sequential"
+    ok = not models.is_tree(cfg.model) and models.network_class(cfg.model, cfg.rules.architectures) in GROUPED
+    if cfg.ensemble == "grouped" and not ok:
+        names = [n for n in models.available() if not models.is_tree(n) and models.network_class(n) in GROUPED]
+        raise InputError(f"ensemble 'grouped': {cfg.model} has no grouped form ({', '.join(names)} have); "
+                         "use --ensemble sequential or auto")
+    return "grouped" if ok and cfg.seeds > 1 else "sequential"
+
+
+def groupable(members: list) -> bool:
+    """Whether ``members`` can train as one grouped network (``cbgrid.models.grouped``): networks
+    of a class with a grouped form, trained in one phase (not TAM-RL's two)."""
+    from cbgrid.models.grouped import groupable as net_groupable
+
+    return bool(members) and all(isinstance(m, NetworkMember) and net_groupable(m.net)
+                                 and not getattr(m.net, "pretrain", None) for m in members)
+
+
+def fit_grouped(members: list[NetworkMember], data: TrainingData, progress: bool = False) -> pd.DataFrame:
+    """Train the members of one model and split together: one grouped network
+    (``cbgrid.models.grouped``) sees every batch once for all of them.
+
+    Each member keeps its own initial weights (its seed), its own optimiser state (Adam/AdamW are
+    element-wise over the stacked parameters), its own validation losses, best epoch and early
+    stop; a member that stops is out of the curves and keeps the weights it stopped with (its
+    best epoch's), while the others go on. What the members share is the batch order: the
+    first member's seed shuffles every epoch for all (``batch_seed``), so each member ends as
+    ``NetworkMember.fit`` with that ``batch_seed`` ends, up to floating-point rounding (and to
+    the dropout masks, which are drawn for the whole group). The trained weights are written
+    back into each member's own network; returns the curves of every member.
+    """
+    import torch
+
+    from cbgrid.loss import CarbonLoss
+    from cbgrid.models.grouped import group
+
+    if not groupable(members):
+        raise InputError("these members cannot train as one grouped network; see cbgrid.models.grouped")
+    first = members[0]
+    cfg, device, rules = first.cfg, first.device, first.rules
+    for m in members:
+        m.batch_seed = first.seed
+    fit_idx, val_idx = first.samples(data)
+    t = data.tensors(device)
+    crit = CarbonLoss(data.scaler.y_mean, data.scaler.y_std, cfg.alpha, rules.balance).to(device)
+    train_b = first._batches(t, fit_idx, shuffle=True)
+    val_b = first._batches(t, val_idx, shuffle=False, batch_size=max(4 * cfg.batch_size, 1024))
+    net = group([m.net for m in members])
+    sched = Schedule.main(rules, cfg, first.lr)
+    opt = sched.optimizer(net.parameters())
+    step = torch.optim.lr_scheduler.StepLR(opt, sched.lr_step, sched.lr_gamma) if sched.lr_step else None
+    k = len(members)
+    seeds = [m.seed for m in members]
+    best = np.full(k, np.inf)
+    best_epoch, since = np.full(k, -1), np.zeros(k, int)
+    active, has_best = np.ones(k, bool), np.zeros(k, bool)
+    best_params = {n: p.detach().clone() for n, p in net.named_parameters()}
+    stopped_params = {n: p.detach().clone() for n, p in net.named_parameters()}
+    rows = []
+    bar = progress_bar(range(1, sched.max_epochs + 1), desc=f"{first.spec.name} seeds {seeds[0]}-{seeds[-1]} grouped",
+                       unit="epoch", progress=progress, leave=False)
+    for epoch in bar:
+        net.train()
+        total, n_batches = torch.zeros(k, device=device), 0
+        t0 = time.perf_counter()
+        for idx in train_b.iter_rows():
+            b = train_b.gather(idx)
+            opt.zero_grad(set_to_none=True)
+            losses = crit.per_member(net(b), b["y"], b["w"])
+            losses.sum().backward()
+            opt.step()
+            total += losses.detach()
+            n_batches += 1
+        if step is not None:
+            step.step()
+        train_loss = total.cpu().numpy().astype(float) / max(n_batches, 1)
+        validated = sched.validate_at(epoch)
+        val_loss = np.full(k, np.nan)
+        if validated:
+            val_loss = _evaluate_grouped(net, val_b, crit, sched.selection) if len(val_b.index) else train_loss
+        seconds = time.perf_counter() - t0
+        rows += [{"seed": seeds[j], "phase": first.spec.name, "epoch": epoch - 1, "train_loss": train_loss[j],
+                  "val_loss": val_loss[j], "seconds": seconds} for j in np.flatnonzero(active)]
+        bar.set_postfix(active=int(active.sum()), val=f"{np.nanmin(np.where(active, val_loss, np.nan), initial=np.inf):.4f}")
+        if not validated:
+            continue
+        improved = active & (val_loss < best)
+        best[improved], best_epoch[improved], since[improved] = val_loss[improved], epoch - 1, 0
+        has_best |= improved
+        worse = active & ~improved
+        since[worse] += sched.validate_every
+        stop = worse & (since >= sched.patience) if sched.patience is not None else np.zeros(k, bool)
+        for mask, snapshot in ((improved, best_params), (stop, stopped_params)):
+            if mask.any():
+                sel = torch.as_tensor(np.flatnonzero(mask), device=device)
+                for n, p in net.named_parameters():
+                    snapshot[n].index_copy_(0, sel, p.detach().index_select(0, sel))
+        active &= ~stop
+        if not active.any():
+            break
+    bar.close()
+    live = {n: p.detach() for n, p in net.named_parameters()}
+    for j, m in enumerate(members):
+        src = best_params if has_best[j] else (stopped_params if not active[j] else live)
+        m.net.load_state_dict(m.net.state_dict() | net.member_state(j, src))
+        log.info("%s seed %d (grouped): best validation loss %.4f at epoch %d", first.spec.name, m.seed, best[j],
+                 best_epoch[j])
+    return pd.DataFrame(rows)
+
+
+def _evaluate_grouped(net, batches, crit, selection: str) -> np.ndarray:
+    """(K,) each member's validation loss: ``NetworkMember._evaluate`` for a grouped network."""
+    import torch
+
+    net.eval()
+    total, n = None, 0
+    with torch.no_grad():
+        for idx in batches.iter_rows():
+            b = batches.gather(idx)
+            w = b["w"] if selection == "weighted" else (b["w"] > 0).to(b["w"].dtype)
+            rows = len(b["site"])
+            part = crit.per_member(net(b), b["y"], w).double() * rows
+            total = part if total is None else total + part
+            n += rows
+    return total.cpu().numpy() / max(n, 1)
 
 
 class TreeMember:

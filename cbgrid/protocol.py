@@ -189,6 +189,10 @@ class TrainConfig:
     val_fraction: float = 0.2  # last part of each training site's record used for validation
     context_windows: int = 8  # feature windows per sample for models that need site context
     device: str = "auto"
+    #: seed ensembles of networks: 'grouped' (the members share every batch, one grouped
+    #: network: ``cbgrid.members.fit_grouped``), 'sequential' (one member after another), or
+    #: 'auto': grouped on a CUDA device where the network has a grouped form, else sequential
+    ensemble: str = "auto"
     hparams: dict = field(default_factory=dict)  # overrides of the published hyperparameters
     threads: int | None = None  # CPU threads for torch and the trees (None: library defaults)
     protocol: str = "cbgrid"

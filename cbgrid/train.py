@@ -21,7 +21,7 @@ import xarray as xr
 from cbgrid import __version__, catalog, models, pipeline, splits
 from cbgrid.errors import ExistsError, InputError
 from cbgrid.evaluation import r2
-from cbgrid.members import MEMBERS
+from cbgrid.members import MEMBERS, ensemble_mode, fit_grouped
 from cbgrid.pipeline import Prepared, SiteArrays, TrainingData
 from cbgrid.progress import bar as progress_bar
 from cbgrid.protocol import TrainConfig
@@ -43,6 +43,8 @@ def fit_members(data: TrainingData, cfg: TrainConfig, hp: dict, *, device: str =
     """Fit one member per seed; returns (members, seeds fitted, curves).
 
     Trees without row/column subsampling are deterministic: one fit stands for every seed.
+    Networks train one after another, or together as one grouped network
+    (``members.ensemble_mode``: on CUDA by default).
 
     >>> members, seeds, curves = fit_members(data, TrainConfig(model="xgboost"), {})  # doctest: +SKIP
     """
@@ -51,6 +53,9 @@ def fit_members(data: TrainingData, cfg: TrainConfig, hp: dict, *, device: str =
     n_features = data.prepared.x.shape[-1]
     seeds = list(range(cfg.first_seed, cfg.first_seed + cfg.seeds))
     members, curves = [], []
+    if spec.family == "network" and ensemble_mode(cfg, device) == "grouped":
+        members = [MEMBERS["network"](spec, n_features, hp, cfg, device, seed) for seed in seeds]
+        return members, seeds, fit_grouped(members, data, progress=progress)
     for seed in seeds:
         m = MEMBERS[spec.family](spec, n_features, hp, cfg, device, seed)
         if m.seed_independent and members:
@@ -159,6 +164,8 @@ def check_config(cfg: TrainConfig) -> TrainConfig:
             raise InputError(f"{name} is {hp[name]!r}; it must be a whole number >= 1 (--{name})")
     if "dropout" in hp and not 0 <= hp["dropout"] < 1:
         raise InputError(f"dropout is {hp['dropout']}; it must be in [0, 1) (--dropout)")
+    if cfg.ensemble not in ("auto", "grouped", "sequential"):
+        raise InputError(f"ensemble is {cfg.ensemble!r}; use auto, grouped or sequential (--ensemble)")
     if "lr" in hp and not hp["lr"] >= 0:
         raise InputError(f"lr is {hp['lr']}; the learning rate must be >= 0 (--lr)")
     return cfg
@@ -217,6 +224,7 @@ def fit(ds: xr.Dataset, split, cfg: TrainConfig, *, grid: dict | None = None, ou
         "hparams": hp, "cv_best": chosen or None, "grid": grid or None,
         "seeds": list(range(cfg.first_seed, cfg.first_seed + cfg.seeds)), "fitted_seeds": fitted,
         "train": {**cfg.to_dict(), "device": cfg.device}, "device": device,
+        "ensemble": ensemble_mode(cfg, device) if spec.family == "network" else "sequential",
         "protocol": cfg.protocol, "protocol_rules": cfg.rules.to_dict(), "windows": cfg.windows.to_dict(),
         "n_train_sites": len(train_sites), "n_test_sites": len(test_sites),
         "catalog_version": catalog.catalog_version(), "schema": ds.attrs.get("cbgrid_schema", ""),

@@ -16,7 +16,8 @@ from cbgrid.recipe import load_recipe
 
 PACKAGE = Path(__file__).resolve().parents[1] / "cbgrid"
 #: Function-level imports of cbgrid's own modules that are there on purpose.
-LAZY_OWN = {("members.py", "cbgrid.loss")}  # the loss is torch: training only
+#: The loss and the grouped networks are torch: training only.
+LAZY_OWN = {("members.py", "cbgrid.loss"), ("members.py", "cbgrid.models.grouped")}
 
 
 def _modules() -> dict[str, Path]:

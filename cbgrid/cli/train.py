@@ -32,6 +32,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="early-stopping patience in epochs (boosting rounds for trees); default: the protocol's")
     p.add_argument("--batch-size", type=int, default=None, help="default: the protocol's (256 cbgrid, 2048 reference)")
     p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:1, ...")
+    p.add_argument("--ensemble", choices=["auto", "grouped", "sequential"], default="auto",
+                   help="train the seed ensemble's networks together, sharing every batch (grouped), or one "
+                        "after another; auto: grouped on CUDA where the network has a grouped form")
     p.add_argument("--grid", type=Path, default=None,
                    help="YAML/JSON mapping hyperparameter -> list of values for a 5-fold CV search "
                         "(without it: the published hyperparameters of the split, no search)")
@@ -89,6 +92,7 @@ def cmd_train(args) -> int:
         model=args.model, split=str(split["split"].iloc[0]), feature_set=args.feature_set, seeds=args.seeds,
         first_seed=args.first_seed, max_epochs=args.max_epochs, patience=args.patience, batch_size=args.batch_size,
         device=args.device, hparams=overrides, threads=args.threads, protocol=args.protocol,
+        ensemble=args.ensemble,
     )
     run = train.fit(ds, split, cfg, grid=grid, out=args.out, overwrite=args.overwrite, progress=not args.quiet)
     t = run.config["timings_s"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +13,15 @@ from cbgrid.runtime import require
 
 class LightGBMTrees(TreeModel):
     """LightGBM, one booster per target, cut at its best validation round; pandas categorical
-    columns are native categoricals."""
+    columns are native categoricals.
+
+    Histogram settings: ``max_bin`` (255, LightGBM's default), ``force_col_wise`` (on unless
+    ``force_row_wise`` is given: the site-day tables are tall and narrow, about 20 columns, where
+    LightGBM's own test picks column-wise anyway, and the test itself costs a pass over the
+    data per booster) and ``num_threads`` (``--threads``) — hyperparameters, so
+    ``catalogs/hyperparameters.yaml`` or ``--hparam`` can change them. Neither the layout nor
+    the thread count changes the trees (``deterministic``).
+    """
 
     name, suffix = "lightgbm", "txt"
     stochastic_params = ("bagging_fraction", "subsample", "feature_fraction", "colsample_bytree")
@@ -22,13 +31,16 @@ class LightGBMTrees(TreeModel):
         p = dict(self.params)
         rounds = int(p.pop("n_estimators"))
         p.update(seed=seed, deterministic=True, verbosity=-1, metric="rmse")
+        if not p.get("force_row_wise"):
+            p.setdefault("force_col_wise", True)
         if self.threads:
             p["num_threads"] = self.threads
         dtrain = lgb.Dataset(x, y, weight=w, free_raw_data=True)
-        res, callbacks, valid = {}, [], []
+        res, valid = {}, []
+        callbacks = [lambda env: self.clock.append(time.perf_counter())]
         if val is not None:
             valid = [lgb.Dataset(val[0], val[1], weight=val[2], reference=dtrain)]
-            callbacks = [lgb.early_stopping(self.patience, verbose=False), lgb.record_evaluation(res)]
+            callbacks += [lgb.early_stopping(self.patience, verbose=False), lgb.record_evaluation(res)]
         bst = lgb.train(p, dtrain, num_boost_round=rounds, valid_sets=valid, valid_names=["val"][: len(valid)],
                         callbacks=callbacks)
         if valid:

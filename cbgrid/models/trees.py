@@ -10,6 +10,7 @@ training site's record). Register a new library in ``cbgrid.models.TREES``.
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 
 import numpy as np
@@ -47,6 +48,9 @@ class TreeModel:
         self.multi_output = bool(multi_output) and self.supports_multi_output
         self.keep = keep
         self.boosters: list = []
+        #: perf_counter() at the start of the last fit and at the end of each boosting round
+        #: (every booster of that fit, in order): what ``round_seconds`` reads.
+        self.clock: list[float] = []
 
     @property
     def stochastic(self) -> bool:
@@ -80,6 +84,7 @@ class TreeModel:
             raise InputError("no training samples for the trees")
         has_val = x_val is not None and len(x_val) > 0
         curves, self.boosters = [], []
+        self.clock = [time.perf_counter()]
         if self.multi_output:
             val = (x_val, np.ascontiguousarray(y_val), w_val) if has_val else None
             booster, curve = self.fit_one(x, np.ascontiguousarray(y), w, val, seed)
@@ -91,6 +96,15 @@ class TreeModel:
             self.boosters.append(booster)
             curves.append(pd.DataFrame({"target": target, "iteration": np.arange(len(curve)), "val_rmse": curve}))
         return pd.concat(curves, ignore_index=True)
+
+    def round_seconds(self) -> np.ndarray:
+        """Seconds of each boosting round of the last fit (all boosters, in order; the first
+        round of each booster includes that booster's table setup).
+
+        >>> m = TreeModel(); m.clock = [0.0, 1.0, 1.5, 2.25]; m.round_seconds().tolist()
+        [1.0, 0.5, 0.75]
+        """
+        return np.diff(np.asarray(self.clock, float))
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         """(N, 3) GPP, RECO, NEE in physical units."""
