@@ -290,6 +290,27 @@ def _f_water(w_rel, igbp):
     return np.where((igbp == 11)[:, None], np.maximum(fw, 0.85), fw)
 
 
+def _bucket(precip, pet, wmax):
+    """Soil-water bucket (docs/twin.md row 12): relative water w (n, T) and ET [mm] (n, T).
+
+    The only recursion with a feedback (ET and drainage depend on yesterday's water), so one
+    loop over days, vectorised over locations, writing into preallocated time-major rows.
+    """
+    n, nt = precip.shape
+    p_t, e_t = precip.T.copy(), pet.T.copy()  # time-major: each day's row is contiguous
+    w_all, et_all = np.empty((nt, n)), np.empty((nt, n))
+    tmp = np.empty(n)
+    w = 0.5 * wmax
+    for i in range(nt):
+        et = np.multiply(e_t[i], np.divide(w, wmax, out=tmp), out=et_all[i])
+        nw = np.add(w, p_t[i], out=w_all[i])
+        nw -= et
+        nw -= np.multiply(w, K_DRAIN, out=tmp)
+        np.maximum(nw, 0.0, out=nw)
+        w = np.minimum(nw, wmax, out=nw)
+    return w_all.T / wmax[:, None], et_all.T
+
+
 # --------------------------------------------------------------------------------------------
 # The generator
 # --------------------------------------------------------------------------------------------
@@ -323,26 +344,10 @@ def _process(lat_rad, igbp, kop, keys, seed, c, days, fx=None):
     pet_dry = _pet(t_dry, rs_dry, ra)
     pet_wet = _pet(t_wet, rs_wet, ra)
 
-    wmax = c["wmax"]
-    wet = np.zeros(n, dtype=bool)
-    w = 0.5 * wmax
-    ntot = days.size
-    wet_all = np.empty((ntot, n), dtype=bool)
-    w_all = np.empty((ntot, n))
-    et_all = np.empty((ntot, n))
-    # time-major copies make the per-day slices contiguous
-    p01_t, p11_t, u_t, amt_t = p01.T.copy(), p11.T.copy(), u_wet.T.copy(), amount.T.copy()
-    ped_t, pew_t = pet_dry.T.copy(), pet_wet.T.copy()
-    for i in range(ntot):
-        wet = u_t[i] < np.where(wet, p11_t[i], p01_t[i])
-        pet = np.where(wet, pew_t[i], ped_t[i])
-        et = pet * (w / wmax)
-        w = np.minimum(np.maximum(w + wet * amt_t[i] - et - K_DRAIN * w, 0.0), wmax)
-        wet_all[i], w_all[i], et_all[i] = wet, w, et
-    wet_d = wet_all.T
+    # the wet/dry chain has no feedback: a vectorised two-state chain; then the bucket's day loop
+    wet_d = rng.two_state_chain(u_wet < p11, u_wet < p01, np.zeros(n, dtype=bool))
     precip = np.where(wet_d, amount, 0.0)
-    w_rel = w_all.T / wmax[:, None]
-    et_mm = et_all.T
+    w_rel, et_mm = _bucket(precip, np.where(wet_d, pet_wet, pet_dry), c["wmax"])
     cloud = np.where(wet_d, cloud_wet, cloud_dry)
     t_c = np.where(wet_d, t_wet, t_dry)
     rs = np.where(wet_d, rs_wet, rs_dry)  # MJ m-2 d-1

@@ -30,7 +30,7 @@ cbgrid.errors.InputError: difficulty is 'hard'; choose one of 'real', 'easy'
 from __future__ import annotations
 
 import numpy as np
-from scipy.signal import oaconvolve
+from scipy.signal import lfilter, oaconvolve
 from scipy.special import ndtr
 
 from cbgrid.errors import InputError
@@ -124,7 +124,11 @@ def site_effects(seed: int, keys: np.ndarray) -> dict[str, np.ndarray]:
 def _recovery(impulses: np.ndarray, length: int) -> np.ndarray:
     """Damage from events: each impulse of severity s decays linearly to 0 over ``length`` days."""
     kernel = 1.0 - np.arange(length) / length
-    return np.clip(oaconvolve(impulses, kernel[None, :], axes=-1)[:, : impulses.shape[1]], 0.0, None)
+    out = np.zeros(impulses.shape)
+    hit = impulses.any(axis=1)  # most locations have no event of a kind: nothing to convolve
+    if hit.any():
+        out[hit] = np.clip(oaconvolve(impulses[hit], kernel[None, :], axes=-1)[:, : impulses.shape[1]], 0.0, None)
+    return out
 
 
 def disturbance(seed, keys, igbp, fx, days, doy, hemi, growing):
@@ -158,8 +162,12 @@ def daily_variation(seed, keys, days, flux: str) -> np.ndarray:
 def drought_legacy(w_deep, fx):
     """GPP multiplier after dry spells: a one-year memory of deep-soil water stress."""
     stress = np.clip((0.3 - w_deep) / 0.3, 0.0, 1.0) ** 2
-    k = np.exp(-np.arange(LEGACY_DAYS) / LEGACY_TAU)
-    mem = np.clip(oaconvolve(stress, (k / k.sum())[None, :], axes=-1)[:, : stress.shape[1]], 0.0, 1.0)
+    # the truncated exponential kernel as a recursion: y_t = q y_{t-1} + (s_t - q^L s_{t-L}) / sum(k)
+    q = np.exp(-1.0 / LEGACY_TAU)
+    k_sum = np.exp(-np.arange(LEGACY_DAYS) / LEGACY_TAU).sum()
+    drive = stress.copy()
+    drive[:, LEGACY_DAYS:] -= q**LEGACY_DAYS * stress[:, :-LEGACY_DAYS]
+    mem = np.clip(lfilter([1.0 / k_sum], [1.0, -q], drive, axis=-1), 0.0, 1.0)
     return 1.0 - LEGACY_MAX * fx["legacy"][:, None] * mem
 
 
@@ -169,13 +177,8 @@ def qc_chain(seed, keys, fx, days) -> np.ndarray:
     QC_SWITCH a day, so the spin-up forgets the start."""
     p_gp = (QC_SWITCH * (1.0 - fx["qc_good"]))  # good -> poor
     p_pg = (QC_SWITCH * fx["qc_good"])          # poor -> good
-    u = rng.uniform(seed, keys, days, _S_QC).T.copy()
-    good = np.ones(keys.size, dtype=bool)
-    out = np.empty(u.shape, dtype=bool)
-    for i in range(u.shape[0]):
-        good = np.where(good, u[i] >= p_gp, u[i] < p_pg)
-        out[i] = good
-    return out.T
+    u = rng.uniform(seed, keys, days, _S_QC)
+    return rng.two_state_chain(u >= p_gp[:, None], u < p_pg[:, None], np.ones(keys.size, dtype=bool))
 
 
 def outages(seed, keys, fx, days) -> np.ndarray:
