@@ -308,6 +308,7 @@ def test_cli_upscale_with_trained_runs(tmp_path, tiny_runs, capsys):
     out = capsys.readouterr().out
     path = tmp_path / "out" / "tiny_2020-07.nc"
     assert str(path) in out and "against the twin's true fluxes" in out
+    assert "land cell-days in" in out and "predict" in out.split("task seconds")[1]
     assert product.check_product(path) == []
     with netCDF4.Dataset(path) as nc:
         assert nc.spin_up_days == 30 and "xgboost" in nc.runs and "ctlstm" in nc.runs

@@ -72,6 +72,11 @@ def print_result(res: dict, looks: list) -> None:
     for label, d in res["diagnostics"].items():
         print(f"  {label}: {d['cell_days']} land cell-days; models' own NEE vs RECO - GPP: "
               f"mean |diff| {d['nee_model_minus_balance_mean_abs']:.3f} g m-2 d-1 (the files hold NEE = RECO - GPP)")
+    t = res.get("timings")
+    if t:
+        stages = ", ".join(f"{k} {v:.1f} s" for k, v in t["seconds"].items())
+        print(f"{t['cell_days']} land cell-days in {t['wall_s']:.1f} s ({t['cell_days_per_s']:.0f} cell-days/s); "
+              f"task seconds {stages}")
 
 
 def print_truth(recipe, products) -> None:
