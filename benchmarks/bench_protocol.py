@@ -236,7 +236,7 @@ def main(argv=None) -> None:
                         grouped += " (used)"
                 total += per_seed * runs / 3600
                 print(f"{model:<18} {r['fit_samples']:>11} {1e3 * r['train_s_per_sample']:>10.3f} {epoch:>9.0f} "
-                      f"{100 * r['data_share']:>7.1f} {100 * r['resident_data_share']:>8.1f} "
+                      f"{100 * r['data_share']:>7.2f} {100 * r['resident_data_share']:>8.2f} "
                       f"{per_seed / 3600:>10.2f} {per_seed * runs / 3600:>10.1f}  {grouped}", flush=True)
             print(f"projected published protocol on {device} (10 models x 10 seeds x 2 splits, every epoch and "
                   f"round allowed): {total:.1f} h")
