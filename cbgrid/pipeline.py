@@ -595,7 +595,9 @@ class Batches:
     and ``site`` (B,); with ``context`` > 0 also ``ctx`` (B, K, W, F): K feature windows of the
     same site (random when shuffling, evenly spaced otherwise; features only, never fluxes).
 
-    On a GPU the gather is ``index_select`` on device tensors. On the CPU it is one fancy-index
+    On a GPU the gather is ``index_select`` on device tensors: the training arrays are resident
+    on the device (``TrainingData.tensors``) and each window's days are found by index arithmetic
+    there (first day + 0..W-1), so nothing per window crosses from the host. On the CPU it is one fancy-index
     of a strided *window view* (each sample a single contiguous block copy), which is several
     times faster than gathering day rows and does not depend on torch's thread pool.
     """
@@ -647,6 +649,7 @@ class Batches:
             self._y = None if d.y is None else d.y.reshape(n_sites * n_days, -1)
             self._w = None if d.w is None else d.w.reshape(n_sites * n_days)
             self._flat_dev = torch.as_tensor(self._flat, device=dev)
+            self._site_dev = torch.as_tensor(self._site, device=dev)
             self._steps = torch.arange(self.window, device=dev)
         self._rng = np.random.default_rng(self.seed)
 
@@ -688,10 +691,10 @@ class Batches:
         """The batch of samples at positions ``rows`` of the index."""
         import torch
 
+        if not self._cpu:
+            return self._gather_device(rows)
         rows = np.asarray(rows, np.int64)
         site = self._site[rows]
-        if not self._cpu:
-            return self._gather_device(torch.as_tensor(rows, device=self.data.device), site)
         first = self._flat[rows]
         tt = torch.from_numpy
         st = tt(self._static[site])
@@ -705,11 +708,18 @@ class Batches:
             b["ctx"] = self.context_windows(site)
         return b
 
-    def _gather_device(self, rows, site_np) -> dict:
+    def _gather_device(self, rows) -> dict:
+        """The batch by index arithmetic on the device: the data never leave it; what crosses
+        from the host is the batch's B sample positions (one small copy, not one per window)."""
         import torch
 
         d = self.data
-        site = torch.as_tensor(site_np, device=d.device)
+        if not isinstance(rows, torch.Tensor):
+            rows = torch.from_numpy(np.asarray(rows, np.int64))
+            if d.device.type == "cuda":
+                rows = rows.pin_memory()
+        rows = rows.to(d.device, non_blocking=True)
+        site = self._site_dev.index_select(0, rows)
         first = self._flat_dev.index_select(0, rows)
         b = {"s": d.s.index_select(0, site), "onehot": d.onehot.index_select(0, site), "site": site}
         n, f = len(site), self._x.shape[1]
@@ -725,7 +735,7 @@ class Batches:
             if self._y is not None:
                 b["y"], b["w"] = self._y.index_select(0, first), self._w.index_select(0, first)
         if self.context:
-            b["ctx"] = self.context_windows(site_np)
+            b["ctx"] = self.context_windows(site)
         return b
 
     def context_starts(self, n: int) -> np.ndarray:
