@@ -237,6 +237,20 @@ def test_twin_sites_extra_locations_from_rasters():
     pd.testing.assert_frame_equal(fewer, more.iloc[: len(base) + 2])
 
 
+def test_twin_sites_extra_locations_have_the_towers_class_mix():
+    """Drawn uniformly, land locations are mostly shrubland, grassland and savanna; the towers'
+    classes (forests, crops, wetlands) are kept more often, so the mix resembles the catalog's."""
+    pytest.importorskip("rioxarray")
+    base = twin.twin_sites()
+    extra = twin.twin_sites(len(base) + 80, seed=0).iloc[len(base):]
+    towers = ["ENF", "EBF", "DNF", "DBF", "MF", "CRO", "WET"]
+    w = twin._tower_weights(0)
+    assert w.max() == 1.0 and w[[0, 15, 16]].sum() == 0  # water, snow/ice, barren never drawn
+    assert w[twin.IGBP_CODES.index("WET")] > 10 * w[twin.IGBP_CODES.index("OSH")]
+    share = extra["igbp"].isin(towers).mean()
+    assert abs(share - base["igbp"].isin(towers).mean()) < 0.15, share
+
+
 def test_real_difficulty_observation_model(sim, sim_easy):
     """QC runs persist, NEE errors are autocorrelated, observed differs from the truth more
     than in the easy twin, and the easy twin has none of it."""

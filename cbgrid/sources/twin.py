@@ -599,21 +599,52 @@ def _stratified_subset(sites: pd.DataFrame, n: int, seed: int) -> pd.DataFrame:
     return out.sort_values("site", kind="stable").reset_index(drop=True)
 
 
+def _candidates(seed: int, batch: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Batch ``batch`` of 4096 candidate locations drawn uniformly on the sphere (lat, lon
+    rounded to 1e-4 degree) with their MCD12C1 class."""
+    key = np.array([seed], dtype=np.uint64)
+    ctr = np.arange(batch * 4096, (batch + 1) * 4096)
+    lat = np.round(np.rad2deg(np.arcsin(2 * _uniform(seed, key, ctr, 990)[0] - 1)), 4)
+    lon = np.round(360 * _uniform(seed, key, ctr, 991)[0] - 180, 4)
+    return lat, lon, np.asarray(context.igbp_at(lat, lon)).astype(int)
+
+
+def _tower_weights(seed: int) -> np.ndarray:
+    """Acceptance probability per IGBP code 0..16 that gives the drawn land locations the class
+    mix of the FLUXNET2015 towers: (share of the class among the catalog sites, + ½ site) /
+    (its share of the land candidates), scaled to a largest value of 1; 0 for the excluded
+    classes. Towers stand mostly in forests, crops and wetlands of the mid-latitudes, while
+    deserts, tundra and open shrublands dominate the land area."""
+    land = np.zeros(17)
+    for b in range(16):
+        _, _, ig = _candidates(seed, b)
+        ig = ig[(ig >= 1) & (ig <= 14)]
+        land += np.bincount(ig, minlength=17)[:17]
+    igbp, _ = _codes(catalog.sites())
+    towers = np.bincount(igbp[(igbp >= 1) & (igbp <= 14)], minlength=17)[:17] + 0.5
+    w = np.zeros(17)
+    ok = np.arange(17)
+    ok = (ok >= 1) & (ok <= 14) & (land > 0)
+    w[ok] = (towers[ok] / towers[ok].sum()) / (land[ok] / land[ok].sum())
+    return w / w.max()
+
+
 def _extra_sites(n_extra: int, seed: int) -> pd.DataFrame:
     """n_extra land locations with real IGBP (MCD12C1) and Köppen (Beck), named TW-0001...
 
-    Candidates are drawn uniformly on the sphere in a fixed order and checked in that order,
-    so a smaller request gives a prefix of a larger one.
+    Candidates are drawn uniformly on the sphere in a fixed order and each is kept with the
+    probability of its class in :func:`_tower_weights` (a hash of the candidate's counter), so
+    the locations have the class mix of real towers; they are checked in that order, so a
+    smaller request gives a prefix of a larger one.
     """
     key = np.array([seed], dtype=np.uint64)
+    weight = _tower_weights(seed)
     lats, lons, igbps, kops = [], [], [], []
     batch = 0
     while len(lats) < n_extra:
-        ctr = np.arange(batch * 4096, (batch + 1) * 4096)
-        lat = np.round(np.rad2deg(np.arcsin(2 * _uniform(seed, key, ctr, 990)[0] - 1)), 4)
-        lon = np.round(360 * _uniform(seed, key, ctr, 991)[0] - 180, 4)
-        ig = np.asarray(context.igbp_at(lat, lon)).astype(int)
-        land = (ig >= 1) & (ig <= 14) & (np.abs(lat) < 75)  # no water, snow/ice, barren, nodata
+        lat, lon, ig = _candidates(seed, batch)
+        keep = _uniform(seed, key, np.arange(batch * 4096, (batch + 1) * 4096), 992)[0] < weight[np.clip(ig, 0, 16)]
+        land = keep & (ig >= 1) & (ig <= 14) & (np.abs(lat) < 75)  # no water, snow/ice, barren, nodata
         lat, lon, ig = lat[land], lon[land], ig[land]
         i = 0
         while i < lat.size and len(lats) < n_extra:
