@@ -12,6 +12,7 @@ that window lacks features. ``MEMBERS`` maps a model family to its member class.
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import math
 import pickle
@@ -455,6 +456,40 @@ def _evaluate_grouped(net, batches, crit, selection: str) -> np.ndarray:
     return total.cpu().numpy() / max(n, 1)
 
 
+#: The reference's categorical columns: (store coordinate, column name, the classes it knows).
+REFERENCE_CATEGORICALS = (("igbp", "IGBP", schema.REFERENCE_IGBP), ("koppen", "Koppen", schema.REFERENCE_KOPPEN),
+                          ("koppen_detailed", "Koppen_short", schema.REFERENCE_KOPPEN_DETAILED))
+
+
+def frame_classes(names: np.ndarray, frame: np.ndarray, vocab) -> list[str]:
+    """The sorted classes that the sites ``frame`` (bool per site) hold: the categories pandas
+    ``astype('category')`` gives a table of those sites (names outside ``vocab`` are missing).
+
+    >>> frame_classes(np.array(["WET", "CRO", "GRA"]), np.array([True, False, True]), ("CRO", "GRA", "WET"))
+    ['GRA', 'WET']
+    """
+    return sorted({str(n) for n in np.asarray(names, object)[np.asarray(frame, bool)] if n in vocab})
+
+
+def read_by_code(names: np.ndarray, frame: np.ndarray, trained: list[str], vocab) -> np.ndarray:
+    """Each site's class as a library that reads a categorical's codes sees it in a table of the
+    sites ``frame``: the training class whose code is the site's code in that table (codes past
+    the training classes are classes the trees never saw); None outside the frame.
+
+    A test table without 'SNO' shifts every later class by one code:
+
+    >>> read_by_code(np.array(["WAT", "WET", "CRO"]), np.ones(3, bool), ["CRO", "SNO", "WAT", "WET"],
+    ...              ("CRO", "SNO", "WAT", "WET")).tolist()
+    ['SNO', 'WAT', 'CRO']
+    """
+    names = np.asarray(names, object)
+    own = frame_classes(names, frame, vocab)
+    unseen = [c for c in vocab if c not in trained]
+    seen = {c: trained[i] if i < len(trained) else unseen[i - len(trained)] for i, c in enumerate(own)}
+    frame = np.asarray(frame, bool)
+    return np.array([seen.get(n) if f else None for n, f in zip(names, frame)], object)
+
+
 class TreeMember:
     """A registered tree library behind the member interface.
 
@@ -463,6 +498,13 @@ class TreeMember:
     lon, IGBP, Köppen and the detailed Köppen class (pandas categoricals, which XGBoost and
     LightGBM take natively), then the MODIS and ERA5-Land features; its targets standardised; its
     weights QC.clip(0.01, 1) × class weights normalised to mean 1, the validation unweighted.
+
+    The reference builds its fitting, validation and test tables separately and each codes its
+    categoricals by the classes it holds. LightGBM maps a table's class names back to the
+    training classes; XGBoost before 3.1 read the codes, so a test site whose code belongs to
+    another training class was predicted as that class (``trees.categories: frame_codes``, the
+    published XGBoost scores; ``names``: every table by class name). The training classes are
+    kept beside the boosters (``<stem>-classes.json``) to code later test tables.
     """
 
     family = "tree"
@@ -480,21 +522,31 @@ class TreeMember:
         self.model = models.tree_class(spec.name)(hp, patience=cfg.patience, device=device, threads=cfg.threads,
                                                   multi_output=bool(self.trees.get("multi_output")),
                                                   keep=self.trees.get("keep", "best"))
+        #: column -> the training table's classes, when tables are coded by their own classes
+        self.trained_classes: dict[str, list[str]] | None = None
+
+    @property
+    def frame_coded(self) -> bool:
+        """Whether each table reaches the trees coded by its own classes (``frame_codes``)."""
+        return (self.trees.get("inputs") == "categorical" and self.trees.get("categories") == "frame_codes"
+                and self.model.reads_codes)
 
     @property
     def seed_independent(self) -> bool:
         return not self.model.stochastic
 
-    def matrix(self, p: Prepared, index: np.ndarray, features: list[str]):
-        """Rows (site, day) -> the model's inputs: [features, lat, lon] or the reference's table."""
+    def matrix(self, p: Prepared, index: np.ndarray, features: list[str], frame: np.ndarray | None = None):
+        """Rows (site, day) -> the model's inputs: [features, lat, lon] or the reference's table.
+        ``frame`` (bool per site of ``p``): the sites of the table these rows belong to, when it
+        is coded by its own classes (``frame_coded``); None: by class name."""
         if self.trees.get("inputs") != "categorical":
             return np.concatenate([p.x[index[:, 0], index[:, 1]], p.s[index[:, 0]]], axis=1)
         site = index[:, 0]
         table = {"lat": p.s[site, 0], "lon": p.s[site, 1]}
-        for col, (name, vocab) in enumerate((("igbp", schema.REFERENCE_IGBP), ("koppen", schema.REFERENCE_KOPPEN),
-                                             ("koppen_detailed", schema.REFERENCE_KOPPEN_DETAILED))):
-            label = {"igbp": "IGBP", "koppen": "Koppen", "koppen_detailed": "Koppen_short"}[name]
+        for col, (name, label, vocab) in enumerate(REFERENCE_CATEGORICALS):
             names = schema.decode(name, p.codes[:, col])
+            if frame is not None and self.trained_classes is not None:
+                names = read_by_code(names, frame, self.trained_classes[label], vocab)
             table[label] = pd.Categorical(names[site], categories=list(vocab))
         modis = set(catalog.modis_bands())
         order = [i for i, f in enumerate(features) if f in modis] + [i for i, f in enumerate(features) if f not in modis]
@@ -513,7 +565,7 @@ class TreeMember:
         qc_clip = self.trees.get("weights") == "qc_clip"
         site_w = data.weights.site(a.igbp, a.koppen)
 
-        def xyw(idx, validation: bool):
+        def xyw(idx, validation: bool, frame=None):
             s, d = idx[:, 0], idx[:, 1]
             y = p.y[s, d] if scaled else a.y[s, d]
             if not qc_clip:
@@ -523,9 +575,16 @@ class TreeMember:
             else:
                 w = np.clip(a.qc[s, d], 0.01, 1.0) * site_w[s]
                 w = (w / w.mean()).astype(np.float32)
-            return self.matrix(p, idx, a.features), y, w
+            return self.matrix(p, idx, a.features, frame), y, w
 
-        val = xyw(val_idx, True) if len(val_idx) else (None, None, None)
+        n_sites = len(p.x)
+        val_frame = None
+        if self.frame_coded:  # the fitting table's classes code the other tables
+            fit_sites = np.isin(np.arange(n_sites), fit_idx[:, 0])
+            self.trained_classes = {label: frame_classes(schema.decode(name, p.codes[:, col]), fit_sites, vocab)
+                                    for col, (name, label, vocab) in enumerate(REFERENCE_CATEGORICALS)}
+            val_frame = np.isin(np.arange(n_sites), val_idx[:, 0])
+        val = xyw(val_idx, True, val_frame) if len(val_idx) else (None, None, None)
         curve = self.model.fit(*xyw(fit_idx, False), *val, seed=self.seed)
         return curve.assign(seed=self.seed)
 
@@ -534,7 +593,9 @@ class TreeMember:
         protocol's features are incomplete)."""
         n_sites, n_days, _ = block.x.shape
         index = np.stack(np.meshgrid(np.arange(n_sites), np.arange(n_days), indexing="ij"), axis=-1).reshape(-1, 2)
-        out = self.model.predict(self.matrix(block, index, list(scaler.features)))
+        # a block with test targets is the reference's test table; grid cells are read by name
+        frame = block.scored if self.frame_coded else None
+        out = self.model.predict(self.matrix(block, index, list(scaler.features), frame))
         out = out.reshape(n_sites, n_days, len(TARGETS))
         if self.trees.get("targets") == "scaled":
             out = scaler.unscale_targets(out)
@@ -543,14 +604,22 @@ class TreeMember:
         return out
 
     def save(self, stem: Path) -> None:
-        """Write the boosters beside ``stem``."""
+        """Write the boosters beside ``stem`` (and the training classes, when tables are coded by
+        their own classes)."""
         self.model.save(stem)
+        if self.trained_classes is not None:
+            Path(f"{stem}-classes.json").write_text(json.dumps(self.trained_classes, indent=1))
 
     def load(self, stem: Path) -> TreeMember:
         """Read the boosters written by ``save``; returns self."""
         m = self.model
         self.model = type(m).load(stem, m.params, patience=m.patience, device=m.device, threads=m.threads,
                                   multi_output=m.multi_output, keep=m.keep)
+        classes = Path(f"{stem}-classes.json")
+        if self.frame_coded:
+            if not classes.exists():
+                raise MissingError(f"the run lacks {classes}: its trees read tables coded by the training classes")
+            self.trained_classes = json.loads(classes.read_text())
         return self
 
 

@@ -526,6 +526,7 @@ class Prepared:
     w: np.ndarray | None = None  # (S, T) loss weight per day, 0 where unobserved
     complete: np.ndarray | None = None  # (S, T) days whose features are complete (None: all)
     codes: np.ndarray | None = None  # (S, 3) int codes: igbp, koppen, koppen_detailed
+    scored: np.ndarray | None = None  # (S,) sites with a QC = 1 day of targets and features (a test table's sites)
 
     @classmethod
     def build(cls, a: SiteArrays, scaler: Scaler, weights: Weights | None = None, *,
@@ -551,7 +552,11 @@ class Prepared:
         available = None
         if protocol is not None and protocol.reference:
             available = availability(a.rows, window) if a.y is not None else np.ones(a.x.shape[:2], bool)
-        return cls.build(a, scaler, protocol=protocol, available=available)
+        p = cls.build(a, scaler, protocol=protocol, available=available)
+        if a.y is not None and a.qc is not None:
+            good = a.observed & (a.qc >= 1)
+            p.scored = (good if p.complete is None else good & p.complete).any(axis=1)
+        return p
 
     def tensors(self, device="cpu") -> Tensors:
         import torch

@@ -1,8 +1,8 @@
 """The training protocol: every rule a run is trained and predicted under.
 
 Named protocols live in ``catalogs/protocols.yaml`` (``cbgrid`` — the default — ``reference``,
-the reference implementation's rules, and ``reference-b5d643a``); :func:`get` returns one as a
-checked :class:`Protocol`. :class:`TrainConfig` is what a run is asked for: the model, split,
+the reference implementation's rules, and its variants ``reference-b5d643a`` and
+``reference-recoded``); :func:`get` returns one as a checked :class:`Protocol`. :class:`TrainConfig` is what a run is asked for: the model, split,
 feature set, seeds, the protocol's name and any explicit overrides; ``TrainConfig.resolved()``
 fills what was left unset from the protocol. A run records both in its ``config.json``.
 
@@ -43,6 +43,7 @@ CHOICES = {
 }
 TREE_CHOICES = {
     "inputs": ("numeric", "categorical"),
+    "categories": ("names", "frame_codes"),
     "targets": ("physical", "scaled"),
     "weights": ("loss", "qc_clip"),
     "keep": ("best", "library"),
@@ -134,7 +135,7 @@ def names() -> list[str]:
     """The protocols ``--protocol`` accepts.
 
     >>> names()
-    ['cbgrid', 'reference', 'reference-b5d643a']
+    ['cbgrid', 'reference', 'reference-b5d643a', 'reference-recoded']
     """
     return list(_doc())
 
@@ -149,8 +150,10 @@ def get(name: str) -> Protocol:
     if name not in doc:
         raise InputError(f"unknown protocol {name!r}; choose one of {', '.join(doc)}")
     rules = dict(doc[name])
-    if "base" in rules:
-        rules = {**doc[rules.pop("base")], **rules}
+    if "base" in rules:  # a variant: its rules over the base's, a dict rule (trees, tamrl) merged key by key
+        base = doc[rules.pop("base")]
+        rules = {**base, **{k: {**base[k], **v} if isinstance(v, dict) and isinstance(base.get(k), dict) else v
+                            for k, v in rules.items()}}
     where = f"catalogs/protocols.yaml: protocol {name!r}"
     fields = {f.name for f in dataclasses.fields(Protocol)} - {"name"}
     missing, unknown = sorted(fields - set(rules)), sorted(set(rules) - fields)

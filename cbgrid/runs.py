@@ -157,6 +157,8 @@ class Run:
         # the reference's test days depend on the sites' target rows, when the dataset has them
         with_targets = rules.reference and all(v in ds.data_vars for v in (*TARGETS, schema.QC))
         n_sites, n_days = ds.sizes[SITE], ds.sizes[TIME]
+        if with_targets and rules.trees.get("categories") == "frame_codes":
+            block_sites = None  # the reference codes its test table's categoricals over all its sites
         block_sites = max(1, n_sites) if block_sites is None else int(block_sites)
         if block_sites < 1:
             raise InputError(f"block_sites must be at least 1, got {block_sites}")

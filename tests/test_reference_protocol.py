@@ -4,6 +4,8 @@ class weights, the loss, the architectures' sizes, the trees' inputs, runs and r
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -184,6 +186,73 @@ def test_reference_trees_table_weights_and_one_multioutput_booster(arrays, tmp_p
     assert np.isnan(pred[~block.complete]).all() and np.isfinite(pred[block.complete]).all()
 
 
+def test_xgboost_reads_each_table_by_its_own_codes_and_lightgbm_by_name(arrays, tmp_path):
+    from cbgrid.errors import MissingError
+    from cbgrid.members import TreeMember
+
+    cfg = train.TrainConfig(model="xgboost", protocol="reference", seeds=1, hparams={"n_estimators": 20}).resolved()
+    data = pipeline.TrainingData.build(arrays, 0.2, protocol=cfg.rules, window=W)
+    m = TreeMember(models.spec("xgboost"), len(arrays.features), models.hyperparameters("xgboost"), cfg, "cpu", 0)
+    assert m.frame_coded
+    m.fit(data)
+    igbp = schema.decode("igbp", data.prepared.codes[:, 0]).astype(str)
+    fitted = np.unique(data.index("static", cfg.windows)[0][:, 0])  # sites with rows (records start late)
+    trained = m.trained_classes["IGBP"]
+    assert trained == sorted(set(igbp[fitted])) and len(trained) >= 2
+    # a test table without the first training class: each of its sites reads as the class one code before
+    block = pipeline.Prepared.for_prediction(arrays, data.scaler, cfg.rules, W)
+    np.testing.assert_array_equal(np.flatnonzero(block.scored), fitted)
+    block.scored &= igbp != trained[0]
+    seen = []
+    predict = m.model.predict
+    m.model.predict = lambda table: seen.append(table) or predict(table)
+    out = m.predict(block, data.scaler)
+    table = seen[0]
+    site = np.repeat(np.arange(len(igbp)), block.x.shape[1])
+    shifted = table["IGBP"].to_numpy()[block.scored[site]]
+    expected = np.array([trained[trained.index(c) - 1] for c in igbp[site][block.scored[site]]])
+    assert (shifted == expected).all()
+    assert table["IGBP"].isna().to_numpy()[~block.scored[site]].all()  # outside the test table: no class
+    # the training classes travel with the boosters
+    m.save(tmp_path / "seed-27")
+    assert json.loads((tmp_path / "seed-27-classes.json").read_text())["IGBP"] == trained
+    again = TreeMember(models.spec("xgboost"), len(arrays.features), models.hyperparameters("xgboost"), cfg, "cpu", 0)
+    np.testing.assert_array_equal(again.load(tmp_path / "seed-27").predict(block, data.scaler), out)
+    (tmp_path / "seed-27-classes.json").unlink()
+    with pytest.raises(MissingError, match="seed-27-classes.json"):
+        again.load(tmp_path / "seed-27")
+    # LightGBM maps names back; the recoded variant reads XGBoost's tables by name too
+    lgbm = train.TrainConfig(model="lightgbm", protocol="reference", seeds=1).resolved()
+    assert not TreeMember(models.spec("lightgbm"), len(arrays.features), models.hyperparameters("lightgbm"),
+                          lgbm, "cpu", 0).frame_coded
+    recoded = train.TrainConfig(model="xgboost", protocol="reference-recoded", seeds=1).resolved()
+    assert recoded.rules.trees == {**REF.trees, "categories": "names"}
+    assert not TreeMember(models.spec("xgboost"), len(arrays.features), models.hyperparameters("xgboost"),
+                          recoded, "cpu", 0).frame_coded
+
+
+def test_frame_codes_explain_the_published_xgboost_scores():
+    """The published Köppen-split test table lacks SNO, which its training table holds: WAT, WET
+    and WSA sites read as SNO, WAT and WET, and only there does XGBoost fall far behind LightGBM."""
+    from cbgrid.members import read_by_code
+
+    sites = catalog.carbonbench_sites().set_index("site_code")
+    test = set(catalog.official_test_sites("koppen")["site"])
+    sites = sites[sites["IGBP"] != ""]
+    fit = ~sites.index.isin(list(test))
+    trained = sorted(set(sites.loc[fit, "IGBP"]))
+    read = read_by_code(sites["IGBP"].to_numpy(), ~fit, trained, schema.REFERENCE_IGBP)
+    shifted = set(sites.index[~fit][read[~fit] != sites.loc[~fit, "IGBP"].to_numpy()])
+    assert sorted(set(sites.loc[list(shifted), "IGBP"])) == ["WAT", "WET", "WSA"] and len(shifted) == 14
+    pub = catalog.published_scores()
+    pub = pub[(pub["split_type"] == "Koppen") & pub["model"].isin(["XGBoost", "LightGBM"])]
+    r2 = pub.pivot_table(index=["target", "site"], columns="model", values="R2")
+    gap = (r2["XGBoost"] - r2["LightGBM"]).rename("gap").reset_index()
+    gap["shifted"] = gap["site"].isin(shifted)
+    med = gap.groupby(["target", "shifted"])["gap"].median().unstack()
+    assert (med[True] < med[False] - 0.25).all() and (med[False].abs() < 0.1).all()
+
+
 @pytest.fixture(scope="module")
 def tiny_store(tmp_path_factory):
     from cbgrid import store
@@ -212,6 +281,16 @@ def test_reference_runs_record_every_rule_and_tamrl_trains_in_two_phases(tiny_st
     test = ds.isel(site=[0, 1])
     direct = run.predict(test)
     np.testing.assert_allclose(again["prediction"].values, direct["prediction"].values, rtol=1e-5, equal_nan=True)
+
+
+def test_a_frame_coded_run_predicts_its_test_table_whole(tiny_store, tmp_path):
+    ds, split = tiny_store
+    run = train.fit(ds, split, train.TrainConfig(model="xgboost", protocol="reference", seeds=1,
+                                                 hparams={"n_estimators": 10}), out=tmp_path / "xgb")
+    assert (tmp_path / "xgb" / "members" / "seed-27-classes.json").exists()
+    test = ds.sel(site=split.loc[split["split"] == "test", "site"].to_numpy())
+    whole = run.predict(test, block_sites=None)
+    np.testing.assert_array_equal(run.predict(test, block_sites=1)["prediction"].values, whole["prediction"].values)
 
 
 def test_reports_label_and_rank_per_protocol(tiny_store, tmp_path):

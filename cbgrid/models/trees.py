@@ -36,6 +36,11 @@ class TreeModel:
     stochastic_params: tuple[str, ...] = ()
     #: Whether one booster can fit the three targets at once (``multi_output=True``).
     supports_multi_output = False
+    #: Whether the library, as the published scores were produced, read a pandas categorical
+    #: by its codes rather than by its class names (XGBoost before 3.1; LightGBM maps a frame's
+    #: names back to the training classes). Under the rule ``trees.categories: frame_codes``
+    #: such a library sees each frame coded by its own classes (``members.frame_classes``).
+    reads_codes = False
 
     def __init__(self, params: dict | None = None, *, patience: int = 20, device: str = "cpu",
                  threads: int | None = None, multi_output: bool = False, keep: str = "best"):

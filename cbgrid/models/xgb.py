@@ -57,6 +57,7 @@ class XGBoostTrees(TreeModel):
     name, suffix = "xgboost", "ubj"
     stochastic_params = ("subsample", "colsample_bytree", "colsample_bylevel", "colsample_bynode")
     supports_multi_output = True
+    reads_codes = True
 
     def fit_one(self, x, y, w, val, seed):
         xgb = require("xgboost", "XGBoost trees")
