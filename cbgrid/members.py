@@ -490,6 +490,19 @@ def read_by_code(names: np.ndarray, frame: np.ndarray, trained: list[str], vocab
     return np.array([seen.get(n) if f else None for n, f in zip(names, frame)], object)
 
 
+def shifted(names: np.ndarray, fitted: np.ndarray, frame: np.ndarray, vocab) -> np.ndarray:
+    """Per site: whether trees fitted on the sites ``fitted`` (bool per site) see it as another
+    class in a table of the sites ``frame`` coded by its own classes.
+
+    >>> shifted(np.array(["SNO", "WAT", "CRO"]), np.array([True, False, True]), np.array([False, True, True]),
+    ...         ("CRO", "SNO", "WAT")).tolist()
+    [False, True, False]
+    """
+    names = np.asarray(names, object)
+    read = read_by_code(names, frame, frame_classes(names, fitted, vocab), vocab)
+    return np.asarray(frame, bool) & (read != names)
+
+
 class TreeMember:
     """A registered tree library behind the member interface.
 

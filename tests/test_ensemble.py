@@ -99,7 +99,7 @@ def _members(data, model, cfg, seeds, batch_seed=None, lr=3e-3):
             for s in seeds]
 
 
-@pytest.mark.parametrize("model, patience, lr", [("ctlstm", 20, 3e-3), ("gru", 1, 5e-2), ("mlp", 1, 5e-2)])
+@pytest.mark.parametrize("model, patience, lr", [("ctlstm", 20, 3e-3), ("gru", 1, 5e-2), ("mlp", 1, 2e-1)])
 def test_grouped_training_gives_each_member_the_sequential_result(data, model, patience, lr):
     """Same init, same batches: the same losses every epoch, the same early stop and best epoch,
     the same weights and predictions per member."""

@@ -234,15 +234,13 @@ def test_xgboost_reads_each_table_by_its_own_codes_and_lightgbm_by_name(arrays, 
 def test_frame_codes_explain_the_published_xgboost_scores():
     """The published Köppen-split test table lacks SNO, which its training table holds: WAT, WET
     and WSA sites read as SNO, WAT and WET, and only there does XGBoost fall far behind LightGBM."""
-    from cbgrid.members import read_by_code
+    from cbgrid import members
 
     sites = catalog.carbonbench_sites().set_index("site_code")
     test = set(catalog.official_test_sites("koppen")["site"])
     sites = sites[sites["IGBP"] != ""]
     fit = ~sites.index.isin(list(test))
-    trained = sorted(set(sites.loc[fit, "IGBP"]))
-    read = read_by_code(sites["IGBP"].to_numpy(), ~fit, trained, schema.REFERENCE_IGBP)
-    shifted = set(sites.index[~fit][read[~fit] != sites.loc[~fit, "IGBP"].to_numpy()])
+    shifted = set(sites.index[members.shifted(sites["IGBP"].to_numpy(), fit, ~fit, schema.REFERENCE_IGBP)])
     assert sorted(set(sites.loc[list(shifted), "IGBP"])) == ["WAT", "WET", "WSA"] and len(shifted) == 14
     pub = catalog.published_scores()
     pub = pub[(pub["split_type"] == "Koppen") & pub["model"].isin(["XGBoost", "LightGBM"])]

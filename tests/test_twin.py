@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import xarray as xr
 
-from cbgrid import schema
+from cbgrid import catalog, schema
 from cbgrid.errors import InputError
 from cbgrid.recipe import RecipeError
 from cbgrid.sources import twin, twin_model
@@ -237,18 +237,21 @@ def test_twin_sites_extra_locations_from_rasters():
     pd.testing.assert_frame_equal(fewer, more.iloc[: len(base) + 2])
 
 
-def test_twin_sites_extra_locations_have_the_towers_class_mix():
-    """Drawn uniformly, land locations are mostly shrubland, grassland and savanna; the towers'
-    classes (forests, crops, wetlands) are kept more often, so the mix resembles the catalog's."""
+def test_twin_sites_at_the_benchmark_size_have_its_class_mix():
+    """Drawn uniformly, land locations are mostly shrubland, desert, tundra and tropics; kept by
+    class, the catalog plus the added locations have the mix of the benchmark's labelled sites."""
     pytest.importorskip("rioxarray")
-    base = twin.twin_sites()
-    extra = twin.twin_sites(len(base) + 80, seed=0).iloc[len(base):]
-    towers = ["ENF", "EBF", "DNF", "DBF", "MF", "CRO", "WET"]
-    w = twin._tower_weights(0)
-    assert w.max() == 1.0 and w[[0, 15, 16]].sum() == 0  # water, snow/ice, barren never drawn
-    assert w[twin.IGBP_CODES.index("WET")] > 10 * w[twin.IGBP_CODES.index("OSH")]
-    share = extra["igbp"].isin(towers).mean()
-    assert abs(share - base["igbp"].isin(towers).mean()) < 0.15, share
+    w_igbp, w_koppen = twin._tower_weights(0)
+    assert w_igbp.max() == 1.0 and w_igbp[[0, 15, 16]].sum() == 0  # water, snow/ice, barren never drawn
+    assert w_koppen.max() == 1.0 and w_koppen[0] < 0.2 < w_koppen[2]  # few tropical, many temperate
+    sites = twin.twin_sites(twin.BENCHMARK_SITES, seed=0)
+    bench = catalog.carbonbench_sites()
+    bench = bench[bench["IGBP"] != ""]
+    for mine, theirs in ((sites["koppen"], bench["Koppen"]), (sites["igbp"], bench["IGBP"])):
+        gap = mine.value_counts(normalize=True).sub(theirs.value_counts(normalize=True), fill_value=0).abs()
+        assert gap.max() < 0.04, gap.sort_values().tail(3)
+    added = sites.iloc[len(twin.twin_sites()):]
+    assert added["koppen"].eq("A").mean() < 0.05  # kept by IGBP class alone: 0.15
 
 
 def test_real_difficulty_observation_model(sim, sim_easy):

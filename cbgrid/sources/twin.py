@@ -609,58 +609,108 @@ def _candidates(seed: int, batch: int) -> tuple[np.ndarray, np.ndarray, np.ndarr
     return lat, lon, np.asarray(context.igbp_at(lat, lon)).astype(int)
 
 
-def _tower_weights(seed: int) -> np.ndarray:
-    """Acceptance probability per IGBP code 0..16 that gives the drawn land locations the class
-    mix of the FLUXNET2015 towers: (share of the class among the catalog sites, + ½ site) /
-    (its share of the land candidates), scaled to a largest value of 1; 0 for the excluded
-    classes. Towers stand mostly in forests, crops and wetlands of the mid-latitudes, while
-    deserts, tundra and open shrublands dominate the land area."""
+#: The published benchmark's site count: the catalog plus added locations of a twin this large
+#: have the class mix of the benchmark's labelled sites.
+BENCHMARK_SITES = 474
+#: Stage-1 survivors whose Köppen class estimates the land's Köppen mix within each IGBP class.
+_MIX_SAMPLE = 600
+_DRAWN = slice(1, 15)  # IGBP codes the added locations may take (no water, snow/ice, barren)
+
+
+def _benchmark_targets() -> tuple[np.ndarray, np.ndarray]:
+    """Added locations wanted per IGBP code 0..16 and per Köppen code 1..5 (index 0..4): the
+    benchmark's labelled sites (catalogs/carbonbench/all_sites.csv, 289 sites) scaled to
+    ``BENCHMARK_SITES``, minus the catalog's sites, at least 0; IGBP classes the added
+    locations may take get at least ½ site."""
+    bench = catalog.carbonbench_sites()
+    bench = bench[(bench["IGBP"] != "") & (bench["Koppen"] != "")].rename(columns={"IGBP": "igbp", "Koppen": "koppen"})
+    cat = catalog.sites()
+    cat = cat[cat["igbp"].astype(str).str.upper() != "WAT"]
+    wanted = []
+    for bench_codes, cat_codes, size in zip(_codes(bench), _codes(cat), (17, 6)):
+        want = np.bincount(bench_codes, minlength=size)[:size] * BENCHMARK_SITES / len(bench)
+        wanted.append(np.clip(want - np.bincount(cat_codes, minlength=size)[:size], 0.0, None))
+    igbp = np.zeros(17)
+    igbp[_DRAWN] = np.maximum(wanted[0][_DRAWN], 0.5)
+    return igbp, wanted[1][1:]  # Köppen codes 1..5
+
+
+def _tower_weights(seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Acceptance probabilities per IGBP code 0..16 and per Köppen code 1..5 that give the drawn
+    land locations the benchmark's class mix (:func:`_benchmark_targets`), each scaled to a
+    largest value of 1; 0 for the excluded IGBP classes. Towers stand mostly in forests, crops
+    and wetlands of the temperate and continental mid-latitudes, while deserts, tundra, open
+    shrublands and the tropics dominate the land area.
+
+    A candidate is kept with ``w_igbp[class]`` and then, its Köppen class read, with
+    ``w_koppen[class]``. The land's joint IGBP × Köppen mix is estimated from the first
+    ``_MIX_SAMPLE`` land candidates kept by a first IGBP weight (the IGBP targets over the land
+    shares, counted over 16 batches of candidates); the two factors are then fitted to both
+    targets by iterative proportional fitting."""
     land = np.zeros(17)
     for b in range(16):
         _, _, ig = _candidates(seed, b)
-        ig = ig[(ig >= 1) & (ig <= 14)]
-        land += np.bincount(ig, minlength=17)[:17]
-    igbp, _ = _codes(catalog.sites())
-    towers = np.bincount(igbp[(igbp >= 1) & (igbp <= 14)], minlength=17)[:17] + 0.5
-    w = np.zeros(17)
-    ok = np.arange(17)
-    ok = (ok >= 1) & (ok <= 14) & (land > 0)
-    w[ok] = (towers[ok] / towers[ok].sum()) / (land[ok] / land[ok].sum())
-    return w / w.max()
+        land += np.bincount(ig[(ig >= 1) & (ig <= 14)], minlength=17)[:17]
+    t_igbp, t_kop = _benchmark_targets()
+    w0 = np.zeros(17)
+    ok = np.zeros(17, bool)
+    ok[_DRAWN] = land[_DRAWN] > 0
+    w0[ok] = t_igbp[ok] / land[ok]
+    w0 /= w0.max()
+    ig, kp = _drawn(seed, w0, None, _MIX_SAMPLE)
+    joint = np.zeros((17, 5))
+    np.add.at(joint, (ig, kp - 1), 1.0)
+    joint[ok] /= w0[ok, None]  # back to the land's mix: the first weight removed
+    a, b = np.where(ok, 1.0, 0.0), np.ones(5)
+    for _ in range(200):  # fit a[i] b[k] joint[i, k] to both margins
+        a = np.divide(t_igbp, joint @ b, out=np.zeros(17), where=(joint @ b) > 0)
+        b = np.divide(t_kop, a @ joint, out=np.zeros(5), where=(a @ joint) > 0)
+    return a / a.max(), b / b.max()
+
+
+def _drawn(seed: int, w_igbp: np.ndarray, w_koppen: np.ndarray | None, n: int):
+    """The first ``n`` candidates kept by the IGBP weights (and, with ``w_koppen``, then by the
+    Köppen weights): lat, lon, IGBP code, Köppen code (stage 1 only: IGBP and Köppen codes)."""
+    key = np.array([seed], dtype=np.uint64)
+    lats, lons, igbps, kops = [], [], [], []
+    batch = 0
+    while len(lats) < n:
+        lat, lon, ig = _candidates(seed, batch)
+        ctr = np.arange(batch * 4096, (batch + 1) * 4096)
+        keep = _uniform(seed, key, ctr, 992)[0] < w_igbp[np.clip(ig, 0, 16)]
+        land = keep & (ig >= _DRAWN.start) & (ig < _DRAWN.stop) & (np.abs(lat) < 75)
+        u2 = _uniform(seed, key, ctr, 993)[0][land]
+        lat, lon, ig = lat[land], lon[land], ig[land]
+        i = 0
+        while i < lat.size and len(lats) < n:
+            j = min(lat.size, i + max(32, n - len(lats)))
+            kp = np.asarray(context.koppen_at(lat[i:j], lon[i:j])).astype(int)
+            for la, lo, g, k, u in zip(lat[i:j], lon[i:j], ig[i:j], kp, u2[i:j]):
+                if k >= 1 and len(lats) < n and (w_koppen is None or u < w_koppen[k - 1]):
+                    lats.append(la)
+                    lons.append(lo)
+                    igbps.append(g)
+                    kops.append(k)
+            i = j
+        batch += 1
+    if w_koppen is None:
+        return np.array(igbps, int), np.array(kops, int)
+    return lats, lons, igbps, kops
 
 
 def _extra_sites(n_extra: int, seed: int) -> pd.DataFrame:
     """n_extra land locations with real IGBP (MCD12C1) and Köppen (Beck), named TW-0001...
 
     Candidates are drawn uniformly on the sphere in a fixed order and each is kept with the
-    probability of its class in :func:`_tower_weights` (a hash of the candidate's counter), so
-    the locations have the class mix of real towers; they are checked in that order, so a
-    smaller request gives a prefix of a larger one.
+    probabilities of its classes in :func:`_tower_weights` (hashes of the candidate's counter),
+    so the locations complete the catalog to the class mix of the benchmark's towers; they are
+    checked in that order, so a smaller request gives a prefix of a larger one.
     """
-    key = np.array([seed], dtype=np.uint64)
-    weight = _tower_weights(seed)
-    lats, lons, igbps, kops = [], [], [], []
-    batch = 0
-    while len(lats) < n_extra:
-        lat, lon, ig = _candidates(seed, batch)
-        keep = _uniform(seed, key, np.arange(batch * 4096, (batch + 1) * 4096), 992)[0] < weight[np.clip(ig, 0, 16)]
-        land = keep & (ig >= 1) & (ig <= 14) & (np.abs(lat) < 75)  # no water, snow/ice, barren, nodata
-        lat, lon, ig = lat[land], lon[land], ig[land]
-        i = 0
-        while i < lat.size and len(lats) < n_extra:
-            j = min(lat.size, i + max(32, n_extra - len(lats)))
-            kp = np.asarray(context.koppen_at(lat[i:j], lon[i:j])).astype(int)
-            for la, lo, g, k in zip(lat[i:j], lon[i:j], ig[i:j], kp):
-                if k >= 1 and len(lats) < n_extra:
-                    lats.append(la)
-                    lons.append(lo)
-                    igbps.append(IGBP_CODES[g])
-                    kops.append(KOPPEN_CODES[k - 1])
-            i = j
-        batch += 1
+    lats, lons, igbps, kops = _drawn(seed, *_tower_weights(seed), n_extra)
     return pd.DataFrame({
         "site": [f"TW-{i + 1:04d}" for i in range(n_extra)],
-        "lat": lats, "lon": lons, "igbp": igbps, "koppen": kops, "network": "twin",
+        "lat": lats, "lon": lons, "igbp": [IGBP_CODES[g] for g in igbps],
+        "koppen": [KOPPEN_CODES[k - 1] for k in kops], "network": "twin",
     })
 
 

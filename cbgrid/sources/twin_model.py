@@ -50,12 +50,12 @@ VPD_SCALE, VPD_SD = 3.5, 0.35    # kPa over which VPD closes stomata; log-sd
 PHEN_T_SD = 2.5          # K, sd of the site's green-up temperature threshold shift
 PHEN_W_SD = 0.08         # sd of the site's water-phenology threshold shift
 E0_SD = 0.06             # log-sd of the Lloyd-Taylor activation parameter E0
-R_HET_SD = 0.10          # log-sd of the heterotrophic base rate (relative to GPP)
+R_HET_SD = 0.15          # log-sd of the heterotrophic base rate (relative to GPP)
 K_AUTO_RANGE = (0.30, 0.60)      # autotrophic share of recent GPP (uniform)
 DEEP_ALPHA = 1.0 / 40.0  # deep store: EMA of surface relative water, 40-day memory
 LEGACY_DAYS, LEGACY_TAU, LEGACY_MAX = 365, 120.0, 0.45  # drought legacy kernel and largest GPP loss
 # unresolved day-to-day variation of the true fluxes (diffuse light, substrate pulses): log-sd, AR(1)
-GPP_DAILY_SD, GPP_DAILY_PHI = 0.20, 0.8
+GPP_DAILY_SD, GPP_DAILY_PHI = 0.25, 0.8
 RECO_DAILY_SD, RECO_DAILY_PHI = 0.15, 0.9
 # disturbance kernels: linear recovery over this many days (all shorter than the spin-up)
 HARVEST_DAYS, MOW_DAYS, FIRE_DAYS = 120, 40, 540
@@ -69,9 +69,9 @@ QC_GOOD, QC_GOOD_SD = 0.54, 0.18  # share of QC=1 days (US-AR1: 0.54) and its sd
 QC_DEFICIT_PHI = 0.9     # day-to-day persistence of the unmeasured fraction within poor runs
 OUTAGES_PER_YEAR = (0.3, 2.0)    # uniform range of the site's outage rate
 OUTAGE_MEDIAN, OUTAGE_LOG_SD, OUTAGE_MAX = 15.0, 1.1, 240  # outage length [d], lognormal, cap
-NEE_SD0, NEE_SD1 = 0.15, 0.05    # NEE error sd = SD0 + SD1 (GPP + RECO) [gC m-2 d-1]
+NEE_SD0, NEE_SD1 = 0.30, 0.08    # NEE error sd = SD0 + SD1 (GPP + RECO) [gC m-2 d-1]
 NEE_PHI, NEE_AR_SHARE = 0.75, 0.8  # AR(1) coefficient and share of the autocorrelated part
-NOISE_SD = 0.40          # log-sd of the site's error level (tower quality, footprint heterogeneity)
+NOISE_SD = 0.60          # log-sd of the site's error level (tower quality, footprint heterogeneity)
 GAPFILL_PHI, GAPFILL_SD = 0.95, 1.5  # gap-filling error: AR(1), scaled by (1 - QC)
 PART_BIAS_SD, PART_SD, PART_PHI = 0.06, 0.20, 0.9  # RECO partitioning: site bias, AR(1) error
 
