@@ -75,6 +75,27 @@ def igbp_at(lat, lon) -> np.ndarray:
     return arr[row, col]
 
 
+def dominant_igbp(lat, lon, box: int = 3) -> np.ndarray:
+    """The most common land class (IGBP 1..16) among the ``box`` × ``box`` MCD12C1 0.05° cells
+    centred on each point (3: ~0.15°, the scale of an ERA5-Land cell); the centre cell breaks
+    ties; 0 where no cell of the box is land.
+
+    >>> dominant_igbp([40.0], [-100.0]).tolist()  # doctest: +SKIP
+    [10]
+    """
+    arr, (x0, dx, y0, dy) = _igbp_array()
+    row, col = _rowcol(np.ravel(lat), np.ravel(lon), x0, dx, y0, dy, arr.shape)
+    counts = np.zeros((row.size, 17), np.float32)
+    idx = np.arange(row.size)
+    h = box // 2
+    for di in range(-h, h + 1):
+        for dj in range(-h, h + 1):
+            v = arr[np.clip(row + di, 0, arr.shape[0] - 1), (col + dj) % arr.shape[1]].astype(np.int64)
+            land = (v >= 1) & (v <= 16)
+            np.add.at(counts, (idx[land], v[land]), 1.5 if di == dj == 0 else 1.0)
+    return np.where(counts.max(axis=1) > 0, counts.argmax(axis=1), 0)
+
+
 def koppen_at(lat, lon, search_km: float = 25.0) -> np.ndarray:
     """Köppen main class code (1..5 = A..E) at each point from the Beck et al. 1 km raster.
 

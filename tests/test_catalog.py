@@ -50,6 +50,24 @@ def test_raster_lookups_at_known_places():
     assert igbp[4] == 15  # snow and ice
 
 
+def test_dominant_class_of_the_box_around_a_point(monkeypatch):
+    """The most common land class of the 3 x 3 cells; the centre breaks ties; water is no class."""
+    arr = np.array([[10, 10, 0, 0, 0, 0],
+                    [12, 1, 0, 0, 0, 0],
+                    [12, 12, 0, 0, 0, 0],
+                    [0, 0, 0, 0, 0, 4]], np.uint8)
+    context._igbp_array.cache_clear()
+    monkeypatch.setattr(context, "_igbp_array", lambda: (arr, (0.0, 1.0, 4.0, -1.0)))
+    # box centres: row 1 col 1 (class 1 amid three 12 and two 10), row 1 col 4 (all water),
+    # row 2 col 2 (water amid one 1 and one 12: the lower code)
+    lat, lon = np.array([2.5, 2.5, 1.5]), np.array([1.5, 4.5, 2.5])
+    assert context.dominant_igbp(lat, lon).tolist() == [12, 0, 1]
+    assert context.igbp_at(lat, lon).tolist() == [1, 0, 0]
+    tie = np.array([[10, 10, 10], [12, 12, 12], [0, 0, 0]], np.uint8)
+    monkeypatch.setattr(context, "_igbp_array", lambda: (tie, (0.0, 1.0, 3.0, -1.0)))
+    assert context.dominant_igbp([1.5], [1.5]).tolist() == [12]  # 3 v 3: the centre's class
+
+
 def test_official_membership_and_published_scores():
     assert len(catalog.official_test_sites("igbp")) == 96
     assert len(catalog.official_test_sites("official-koppen")) == 92

@@ -271,11 +271,17 @@ def test_real_difficulty_observation_model(sim, sim_easy):
 
 
 def test_real_difficulty_site_effects_change_truth_not_drivers(sites, sim, sim_easy):
-    """Random effects and disturbances act on the fluxes and on what MODIS sees; the ERA5-Land
-    leaf area and the weather are the same in both worlds."""
-    for k in ("temperature_2m", "total_precipitation_sum", "leaf_area_index_high_vegetation",
-              "leaf_area_index_low_vegetation"):
+    """Random effects and disturbances act on the fluxes and on what MODIS sees; the weather is
+    the same in both worlds, and so is the ERA5-Land leaf area where the class of its ~0.15° box
+    is the tower's (the easy world takes it to be)."""
+    for k in ("temperature_2m", "total_precipitation_sum"):
         np.testing.assert_array_equal(sim[k], sim_easy[k], err_msg=k)
+    igbp, _ = twin._codes(sites)
+    same = twin_model.era5_vegetation(sites["lat"], sites["lon"], igbp) == igbp
+    assert 0 < same.sum() < len(same)
+    for k in ("leaf_area_index_high_vegetation", "leaf_area_index_low_vegetation"):
+        np.testing.assert_array_equal(sim[k][same], sim_easy[k][same], err_msg=k)
+        assert not np.allclose(sim[k][~same], sim_easy[k][~same]), k
     assert not np.allclose(sim["GPP_true"], sim_easy["GPP_true"])
     ratio = np.nanmean(sim["GPP_true"], 1) / np.maximum(np.nanmean(sim_easy["GPP_true"], 1), 1e-6)
     assert np.nanstd(np.log(ratio[np.nanmean(sim_easy["GPP_true"], 1) > 0.1])) > 0.15  # site-level spread

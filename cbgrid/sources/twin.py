@@ -314,11 +314,12 @@ def _bucket(precip, pet, wmax):
 # --------------------------------------------------------------------------------------------
 # The generator
 # --------------------------------------------------------------------------------------------
-def _process(lat_rad, igbp, kop, keys, seed, c, days, fx=None):
+def _process(lat_rad, igbp, kop, keys, seed, c, days, fx=None, era=None):
     """The process model over absolute ``days`` (spin-up included); float64 fields (n, T).
 
     fx: the site random effects of the real difficulty (:func:`twin_model.site_effects`), or
-    None for the easy twin."""
+    None for the easy twin. era: the vegetation class ERA5-Land's leaf area follows
+    (:func:`twin_model.era5_vegetation`; None: the location's own)."""
     n = lat_rad.size
     cal = _EPOCH + pd.to_timedelta(days, unit="D")
     doy = np.asarray(cal.day_of_year, dtype=np.float64)
@@ -364,7 +365,11 @@ def _process(lat_rad, igbp, kop, keys, seed, c, days, fx=None):
     g = _phenology_target(igbp, t_ema20, w_ema20)
     lai_range = (LAI_MAX[igbp] - LAI_MIN[igbp])[:, None]
     lai_target = LAI_MIN[igbp][:, None] + lai_range * g
-    lai = _ema(lai_target, 1 / 12)  # ERA5-Land's leaf area: the class climatology's response
+    lai = _ema(lai_target, 1 / 12)  # the class climatology's response
+    lai_era = lai  # ERA5-Land's leaf area: the climatology of the class it sees
+    if era is not None and (era != igbp).any():
+        g_era = _phenology_target(era, t_ema20, w_ema20)
+        lai_era = _ema(LAI_MIN[era][:, None] + (LAI_MAX[era] - LAI_MIN[era])[:, None] * g_era, 1 / 12)
     if fx is None:
         canopy = lai
     else:  # the site's own phenology timing and its disturbances, which ERA5-Land does not see
@@ -398,7 +403,7 @@ def _process(lat_rad, igbp, kop, keys, seed, c, days, fx=None):
         resp_unit = _lloyd_taylor(t_c + 273.15, fx["e0"][:, None]) * fr_w * (1.0 + hard.RESIDUE_PULSE * residue) \
             * hard.daily_variation(seed, keys, days, "reco")
         reco_auto = fx["k_auto"][:, None] * _ema(gpp, 1 / 7)
-    return dict(t_c=t_c, precip=precip, rs=rs, albedo=albedo, et_mm=et_mm, lai=lai, td_c=td_c,
+    return dict(t_c=t_c, precip=precip, rs=rs, albedo=albedo, et_mm=et_mm, lai=lai_era, td_c=td_c,
                 w_rel=w_rel, fc=fc, snow_vis=snow_vis, cloud=cloud, gpp=gpp, resp_unit=resp_unit,
                 reco_auto=reco_auto)
 
@@ -453,7 +458,8 @@ def simulate(lat, lon, igbp, koppen, time, keys, seed=0, *, with_truth=False,
     lat_rad = np.deg2rad(lat)
     c = _climate(lat, igbp, kop, keys, seed)
     fx = None if difficulty == "easy" else hard.site_effects(seed, keys)
-    f = _process(lat_rad, igbp, kop, keys, seed, c, days, fx)
+    era = igbp if fx is None else hard.era5_vegetation(lat, lon, igbp)
+    f = _process(lat_rad, igbp, kop, keys, seed, c, days, fx, era)
     r_base = _basal_respiration(lat_rad, igbp, kop, keys, seed, c, fx)
     t_c, precip, rs, albedo, et_mm = f["t_c"], f["precip"], f["rs"], f["albedo"], f["et_mm"]
     lai, td_c, w_rel, fc, snow_vis, cloud, gpp = (f[k] for k in ("lai", "td_c", "w_rel", "fc", "snow_vis", "cloud", "gpp"))
@@ -470,7 +476,7 @@ def simulate(lat, lon, igbp, koppen, time, keys, seed=0, *, with_truth=False,
     out["surface_solar_radiation_downwards_sum"] = (rs[:, s] * 1e6).astype(f32)
     out["surface_net_solar_radiation_sum"] = ((1 - albedo[:, s]) * rs[:, s] * 1e6).astype(f32)
     out["total_evaporation_sum"] = (-et_mm[:, s] / 1000.0).astype(f32)
-    hv = HIGH_VEG[igbp][:, None]
+    hv = HIGH_VEG[era][:, None]
     out["leaf_area_index_high_vegetation"] = (hv * lai[:, s]).astype(f32)
     out["leaf_area_index_low_vegetation"] = ((1 - hv) * lai[:, s]).astype(f32)
     out["dewpoint_temperature_2m"] = (td_c[:, s] + 273.15).astype(f32)
