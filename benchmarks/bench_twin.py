@@ -1,7 +1,7 @@
 """Calibration of the synthetic twin against the real benchmark: each figure beside its target.
 
 On a twin store (``--sites``, default 474, the last ``--years`` years up to 2020) with the
-Köppen split, the script trains ``--models`` (LightGBM, XGBoost, CT-LSTM by default; one seed)
+Köppen split (the reference's algorithm by default), the script trains ``--models`` (LightGBM, XGBoost, CT-LSTM by default; one seed)
 and prints their median and 25th-percentile per-site R² (QC = 1 days) beside the published v2
 medians (catalogs/carbonbench/published_site_scores.csv, feature_set minimal, split_type
 Koppen), the GPP ordering of the models, the best possible R² (truth against observation),
@@ -10,7 +10,7 @@ NEE lag-1 autocorrelation, QC = 1 persistence and share (against the real US-AR1
 the annual NEE at US-AR1. ``--build-only`` measures the store build (time, peak memory) alone.
 
     python benchmarks/bench_twin.py --sites 100 --years 4 --models lightgbm          # cheap
-    python benchmarks/bench_twin.py --sites 474 --years 5 --epochs 10
+    python benchmarks/bench_twin.py --sites 474 --years 8 --epochs 20 --small-net 128   # docs/twin.md
     python benchmarks/bench_twin.py --sites 567 --build-only --full-period
 """
 
