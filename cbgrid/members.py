@@ -631,7 +631,8 @@ class TreeMember:
         classes = Path(f"{stem}-classes.json")
         if self.frame_coded:
             if not classes.exists():
-                raise MissingError(f"the run lacks {classes}: its trees read tables coded by the training classes")
+                raise MissingError(f"the run lacks {classes}, the training classes its trees read test tables by; "
+                                   "copy the whole run directory or retrain the run")
             self.trained_classes = json.loads(classes.read_text())
         return self
 
