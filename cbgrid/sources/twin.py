@@ -135,6 +135,23 @@ NEE_LITERATURE = {
 }
 LITERATURE = {"GPP": GPP_LITERATURE, "RECO": RECO_LITERATURE, "NEE": NEE_LITERATURE}
 
+
+def _heterotrophic_by_class() -> np.ndarray:
+    """Factor on the heterotrophic base rate per IGBP code 0..16 (real difficulty): each class's
+    RECO / GPP at the midpoints of its literature GPP and NEE ranges, ``r = 1 + NEE_mid /
+    GPP_mid``, less the mean autotrophic share, over the mean heterotrophic ratio; 1 for classes
+    without ranges."""
+    k_auto = sum(hard.K_AUTO_RANGE) / 2
+    out = np.ones(17)
+    for name, (lo, hi) in GPP_LITERATURE.items():
+        ratio = 1 + sum(NEE_LITERATURE[name]) / (lo + hi)
+        out[IGBP_CODES.index(name)] = (ratio - k_auto) / R_HET
+    return out
+
+
+#: See :func:`_heterotrophic_by_class` (docs/twin.md, R7).
+R_HET_CLASS = _heterotrophic_by_class()
+
 # Random stream ids (one per use; never reuse an id for another purpose).
 _S_TANOM, _S_CLOUD, _S_WET, _S_AMOUNT, _S_MISS, _S_MNOISE, _S_CLOUDPIX = 1, 2, 3, 4, 5, 6, 7
 _S_QC1, _S_QC2, _S_QC3, _S_NEE, _S_RECO, _S_GAP1, _S_GAP2, _S_GAP3 = 8, 9, 10, 11, 12, 13, 14, 15
@@ -418,7 +435,7 @@ def _basal_respiration(lat_rad, igbp, kop, keys, seed, c, fx=None):
     f = _process(lat_rad, igbp, kop, keys, seed, c, days, fx)
     s = slice(SPINUP_DAYS, None)
     gpp = f["gpp"][:, s].sum(axis=1)
-    r_het = c["r_het"] if fx is None else R_HET * fx["r_het"]
+    r_het = c["r_het"] if fx is None else R_HET * fx["r_het"] * R_HET_CLASS[igbp]
     return r_het * np.maximum(gpp, 1e-3) / np.maximum(f["resp_unit"][:, s].sum(axis=1), 1e-9)
 
 
