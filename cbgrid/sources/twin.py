@@ -331,6 +331,11 @@ def _bucket(precip, pet, wmax):
 # --------------------------------------------------------------------------------------------
 # The generator
 # --------------------------------------------------------------------------------------------
+def _class_lai(igbp, g):
+    """Leaf area of each location's class at relative greenness ``g`` (n, T)."""
+    return LAI_MIN[igbp][:, None] + (LAI_MAX[igbp] - LAI_MIN[igbp])[:, None] * g
+
+
 def _process(lat_rad, igbp, kop, keys, seed, c, days, fx=None, era=None):
     """The process model over absolute ``days`` (spin-up included); float64 fields (n, T).
 
@@ -379,21 +384,20 @@ def _process(lat_rad, igbp, kop, keys, seed, c, days, fx=None, era=None):
     t_ema5 = _ema(t_c, 1 / 5)
     snow = np.clip((0.5 - t_ema5) / 4.0, 0.0, 1.0) * c["snow_precip"][:, None]
     t_ema20, w_ema20 = _ema(t_c, 1 / 20), _ema(w_rel, 1 / 20)
-    g = _phenology_target(igbp, t_ema20, w_ema20)
-    lai_range = (LAI_MAX[igbp] - LAI_MIN[igbp])[:, None]
-    lai_target = LAI_MIN[igbp][:, None] + lai_range * g
-    lai = _ema(lai_target, 1 / 12)  # the class climatology's response
+    lai = _ema(_class_lai(igbp, _phenology_target(igbp, t_ema20, w_ema20)), 1 / 12)  # the class climatology
     lai_era = lai  # ERA5-Land's leaf area: the climatology of the class it sees
-    if era is not None and (era != igbp).any():
-        g_era = _phenology_target(era, t_ema20, w_ema20)
-        lai_era = _ema(LAI_MIN[era][:, None] + (LAI_MAX[era] - LAI_MIN[era])[:, None] * g_era, 1 / 12)
+    other = np.flatnonzero(era != igbp) if era is not None else np.zeros(0, int)
+    if other.size:
+        lai_era = lai.copy()
+        lai_era[other] = _ema(_class_lai(era[other], _phenology_target(era[other], t_ema20[other], w_ema20[other])),
+                              1 / 12)
     if fx is None:
         canopy = lai
     else:  # the site's own phenology timing and its disturbances, which ERA5-Land does not see
         g_site = _phenology_target(igbp, t_ema20 - fx["phen_t"][:, None], w_ema20 - fx["phen_w"][:, None])
         w_deep = _ema(w_rel, hard.DEEP_ALPHA)
         dist, residue = hard.disturbance(seed, keys, igbp, fx, days, doy, c["hemi"], g_site > 0.5)
-        canopy = _ema(LAI_MIN[igbp][:, None] + lai_range * g_site, 1 / 12) * dist
+        canopy = _ema(_class_lai(igbp, g_site), 1 / 12) * dist
     fc = 1.0 - np.exp(-0.5 * canopy)
     fc_high = 1.0 - np.exp(-0.5 * lai * HIGH_VEG[igbp][:, None])
     snow_vis = snow * (1.0 - 0.6 * fc_high)
@@ -647,10 +651,8 @@ def _benchmark_targets() -> tuple[np.ndarray, np.ndarray]:
     locations may take get at least ½ site."""
     bench = catalog.carbonbench_sites()
     bench = bench[(bench["IGBP"] != "") & (bench["Koppen"] != "")].rename(columns={"IGBP": "igbp", "Koppen": "koppen"})
-    cat = catalog.sites()
-    cat = cat[cat["igbp"].astype(str).str.upper() != "WAT"]
     wanted = []
-    for bench_codes, cat_codes, size in zip(_codes(bench), _codes(cat), (17, 6)):
+    for bench_codes, cat_codes, size in zip(_codes(bench), _codes(twin_sites()), (17, 6)):
         want = np.bincount(bench_codes, minlength=size)[:size] * BENCHMARK_SITES / len(bench)
         wanted.append(np.clip(want - np.bincount(cat_codes, minlength=size)[:size], 0.0, None))
     igbp = np.zeros(17)
@@ -680,7 +682,7 @@ def _tower_weights(seed: int) -> tuple[np.ndarray, np.ndarray]:
     ok[_DRAWN] = land[_DRAWN] > 0
     w0[ok] = t_igbp[ok] / land[ok]
     w0 /= w0.max()
-    ig, kp = _drawn(seed, w0, None, _MIX_SAMPLE)
+    _, _, ig, kp = _drawn(seed, w0, None, _MIX_SAMPLE)
     joint = np.zeros((17, 5))
     np.add.at(joint, (ig, kp - 1), 1.0)
     joint[ok] /= w0[ok, None]  # back to the land's mix: the first weight removed
@@ -693,7 +695,7 @@ def _tower_weights(seed: int) -> tuple[np.ndarray, np.ndarray]:
 
 def _drawn(seed: int, w_igbp: np.ndarray, w_koppen: np.ndarray | None, n: int):
     """The first ``n`` candidates kept by the IGBP weights (and, with ``w_koppen``, then by the
-    Köppen weights): lat, lon, IGBP code, Köppen code (stage 1 only: IGBP and Köppen codes)."""
+    Köppen weights): arrays of lat, lon, IGBP code, Köppen code."""
     key = np.array([seed], dtype=np.uint64)
     lats, lons, igbps, kops = [], [], [], []
     batch = 0
@@ -716,9 +718,7 @@ def _drawn(seed: int, w_igbp: np.ndarray, w_koppen: np.ndarray | None, n: int):
                     kops.append(k)
             i = j
         batch += 1
-    if w_koppen is None:
-        return np.array(igbps, int), np.array(kops, int)
-    return lats, lons, igbps, kops
+    return np.array(lats), np.array(lons), np.array(igbps, int), np.array(kops, int)
 
 
 def _extra_sites(n_extra: int, seed: int) -> pd.DataFrame:

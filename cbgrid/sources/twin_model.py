@@ -222,9 +222,6 @@ def observe(seed, keys, fx, days, gpp, reco, s0: int):
     return qc[:, s], nee[:, s], reco_o[:, s], gpp_o[:, s], out[:, s]
 
 
-# --------------------------------------------------------------------------------------------
-# Calibration figures (benchmarks/bench_twin.py, tests)
-# --------------------------------------------------------------------------------------------
 def era5_vegetation(lat, lon, igbp) -> np.ndarray:
     """The vegetation class ERA5-Land's leaf area follows at each location: the dominant land
     class of the ~0.15° box around it (:func:`cbgrid.context.dominant_igbp`), not the tower's
@@ -235,6 +232,9 @@ def era5_vegetation(lat, lon, igbp) -> np.ndarray:
     return np.where(box >= 1, box, igbp)
 
 
+# --------------------------------------------------------------------------------------------
+# Calibration figures (benchmarks/bench_twin.py, tests)
+# --------------------------------------------------------------------------------------------
 def lag1(x: np.ndarray) -> np.ndarray:
     """Lag-1 autocorrelation of each row of (site, time) ``x`` over pairs of consecutive
     observed days; NaN for rows with fewer than 10 pairs or no variance.
