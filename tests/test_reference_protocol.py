@@ -231,6 +231,26 @@ def test_xgboost_reads_each_table_by_its_own_codes_and_lightgbm_by_name(arrays, 
                           recoded, "cpu", 0).frame_coded
 
 
+def test_lightgbm_maps_a_frames_class_names_back_so_only_xgboost_is_frame_coded():
+    """A test frame holding classes B and C only (codes 0 and 1): LightGBM predicts them as B and
+    C. XGBoost 3.0.5 predicts them as A and B (measured); read_by_code gives that table."""
+    import lightgbm as lgb
+
+    from cbgrid.members import read_by_code
+
+    rng = np.random.default_rng(0)
+    cls = rng.choice(["A", "B", "C"], 3000)
+    y = np.select([cls == "A", cls == "B"], [0.0, 5.0], 10.0) + rng.normal(0, 0.1, cls.size)
+    x = pd.DataFrame({"c": pd.Categorical(cls), "x": rng.normal(size=cls.size)})
+    booster = lgb.train({"objective": "regression", "verbose": -1, "min_data_in_leaf": 5}, lgb.Dataset(x, y), 50)
+    own = pd.DataFrame({"c": pd.Categorical(["B", "C"]), "x": [0.0, 0.0]})
+    np.testing.assert_allclose(booster.predict(own), [5.0, 10.0], atol=0.3)
+    assert not models.tree_class("lightgbm").reads_codes and models.tree_class("xgboost").reads_codes
+    read = read_by_code(np.array(["B", "C"]), np.ones(2, bool), ["A", "B", "C"], ("A", "B", "C"))
+    np.testing.assert_allclose(booster.predict(own.assign(c=pd.Categorical(read, categories=["A", "B", "C"]))),
+                               [0.0, 5.0], atol=0.3)
+
+
 def test_frame_codes_explain_the_published_xgboost_scores():
     """The published Köppen-split test table lacks SNO, which its training table holds: WAT, WET
     and WSA sites read as SNO, WAT and WET, and only there does XGBoost fall far behind LightGBM."""
