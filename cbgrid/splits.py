@@ -80,9 +80,11 @@ def _folds(train: pd.DataFrame, rng: np.random.Generator, n_folds: int) -> pd.Se
     return fold
 
 
-def reference_test_sites(sites: pd.DataFrame, by: str) -> list[str]:
+def reference_test_sites(sites: pd.DataFrame, by: str, random_state: int = REFERENCE_SEED) -> list[str]:
     """The test sites of the reference's ``split_targets(split_type=...)`` on a site table
     (columns site, igbp, koppen; one row per site), in the reference's own calls and order.
+    ``random_state`` is the reference's fixed 56; another value draws another split of the same
+    algorithm.
 
     >>> t = pd.DataFrame({"site": [f"S{i:02d}" for i in range(10)], "igbp": ["ENF"] * 10, "koppen": list("CD" * 5)})
     >>> len(reference_test_sites(t, "koppen")), len(reference_test_sites(t, "igbp"))
@@ -90,7 +92,7 @@ def reference_test_sites(sites: pd.DataFrame, by: str) -> list[str]:
     """
     from sklearn.model_selection import train_test_split
 
-    rs = REFERENCE_SEED
+    rs = int(random_state)
     # df.groupby('site').agg({'Koppen': 'first', 'IGBP': 'first'}).reset_index()
     site_meta = pd.DataFrame({"site": sites["site"].astype(str).to_numpy(), "Koppen": sites["koppen"].to_numpy(),
                               "IGBP": sites["igbp"].to_numpy()}).sort_values("site").reset_index(drop=True)
@@ -132,11 +134,13 @@ def _official(sites: pd.DataFrame, by: str) -> pd.Series:
 
 
 def make_split(store_or_sites, by: str = "koppen", seed: int = 0, n_folds: int = N_FOLDS, *,
-               method: str = "cbgrid") -> pd.DataFrame:
+               method: str = "cbgrid", reference_seed: int = REFERENCE_SEED) -> pd.DataFrame:
     """Assign every site to train or test (and train sites to CV folds) — see module doc.
 
     ``method='reference'`` splits ``igbp``/``koppen`` with the reference's algorithm; its seed is
-    fixed (56, recorded in the ``seed`` column, and also deals the CV folds).
+    ``reference_seed``, not ``seed``: the reference's fixed 56 unless another is asked for (to
+    measure how much a figure moves from one draw of the algorithm to another). It is recorded in
+    the ``seed`` column and also deals the CV folds.
     """
     if by not in KINDS:
         raise InputError(f"unknown split {by!r}; choose one of {', '.join(KINDS)}")
@@ -146,14 +150,14 @@ def make_split(store_or_sites, by: str = "koppen", seed: int = 0, n_folds: int =
     if sites.empty:
         raise InputError("no sites to split")
     if method == "reference" and not by.startswith("official-"):
-        seed = REFERENCE_SEED
+        seed = int(reference_seed)
     rng = np.random.default_rng(seed)
     test = pd.Series(False, index=sites.index)
     sets = None
     if by.startswith("official-"):
         sets = _official(sites, by)
     elif method == "reference":
-        test = sites["site"].isin(reference_test_sites(sites, by))
+        test = sites["site"].isin(reference_test_sites(sites, by, seed))
     else:
         key = "igbp" if by == "igbp" else "koppen"
         for cls, grp in sites.groupby(key, sort=True):

@@ -71,11 +71,10 @@ def _site_table(n=474, seed=0):
     return pd.DataFrame({"site": codes, "igbp": igbp, "koppen": koppen})
 
 
-def _restated_split_targets(site_meta, split_type):
+def _restated_split_targets(site_meta, split_type, random_state=56):
     """split_targets() of the reference, restated on its own site_meta frame (site, Koppen, IGBP)."""
     from sklearn.model_selection import train_test_split
 
-    random_state = 56
     if split_type == "IGBP":
         igbp_counts = site_meta.IGBP.value_counts()
         rare_igbp = igbp_counts[igbp_counts <= 10].index.tolist()
@@ -101,6 +100,11 @@ def test_reference_method_is_the_reference_algorithm(by):
         assert len(splits.test_sites(df)) == 95
     # other seeds do not change the reference membership
     assert splits.test_sites(splits.make_split(table, by=by, method="reference", seed=9)) == splits.test_sites(df)
+    # the algorithm's own seed draws another split of the same algorithm, recorded as the seed
+    other = splits.make_split(table, by=by, method="reference", reference_seed=57)
+    assert set(splits.test_sites(other)) == _restated_split_targets(meta, "Koppen" if by == "koppen" else "IGBP",
+                                                                     random_state=57)
+    assert set(splits.test_sites(other)) != set(splits.test_sites(df)) and (other["seed"] == 57).all()
 
 
 def test_reference_method_errors_name_the_problem():
