@@ -288,7 +288,7 @@ def main(argv=None) -> int:
     qc_l1 = np.nanmedian(twin_model.lag1(ds["NEE_VUT_USTAR50_QC"].values))
     rows.append(("QC value lag-1 autocorrelation, median", "-", qc_l1, real and real["qc_lag1"], None))
     rows.append(("QC=1 share of observed days", "US-AR1 ±0.05", share, real and real["qc1_share"],
-                 real is not None and abs(share - real["qc1_share"]) <= 0.05))
+                 None if real is None else abs(share - real["qc1_share"]) <= 0.05))
 
     # budgets ----------------------------------------------------------------------------------
     bud = twin.annual_budget(ds)
