@@ -1,0 +1,97 @@
+"""Probe of the published XGBoost gap: a one-site training class read for other test sites.
+
+The published XGBoost reads its 12 WET test sites as WAT, the class of one training site
+(US-Pnp), and they lose most of its NEE score (docs/twin.md). The twin draws no WAT towers. This
+script builds the 474-site twin (or reads ``--store``), relabels one training site and one test
+site of a Köppen class and IGBP class (``--koppen``, ``--igbp``; default continental grassland)
+as WAT, scales the training site's observed GPP and RECO (``--gpp``, ``--reco``; its NEE shifted
+by the same changes, so NEE = RECO − GPP still holds for what was changed), trains XGBoost under
+the reference protocol on the reference split ``--split``, and prints every target's median and
+25th-percentile per-site R², the shifted test sites, and the median R² of each shifted class.
+
+    python benchmarks/probe_one_site_class.py --gpp 0.2 --reco 2.0
+    python benchmarks/probe_one_site_class.py --store /tmp/twin474.zarr --gpp 1 --reco 1   # no change
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+os.environ.setdefault("TQDM_DISABLE", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import bench_twin  # noqa: E402
+
+from cbgrid import evaluation, members, schema, splits, store, train  # noqa: E402
+from cbgrid.protocol import TrainConfig  # noqa: E402
+
+
+def relabel(ds, split: pd.DataFrame, koppen: str, igbp: str, gpp: float, reco: float):
+    """The store with the first training and first test site of ``koppen`` × ``igbp`` read as WAT
+    and the training site's observed GPP × ``gpp``, RECO × ``reco``, NEE shifted by the changes."""
+    pick = split[(split["koppen"] == koppen) & (split["igbp"] == igbp)]
+    chosen = [pick.loc[pick["set"] == s, "site"] for s in ("train", "test")]
+    if any(c.empty for c in chosen):
+        raise SystemExit(f"split has no training and test site of Köppen {koppen} and IGBP {igbp}; "
+                         "choose other --koppen/--igbp")
+    fit_site, test_site = chosen[0].iloc[0], chosen[1].iloc[0]
+    sites = ds["site"].values.astype(str)
+    codes = ds["igbp"].values.copy()
+    codes[np.isin(sites, [fit_site, test_site])] = schema.encode("igbp", ["WAT"])[0]
+    ds = ds.assign_coords(igbp=ds["igbp"].copy(data=codes))
+    i = int(np.flatnonzero(sites == fit_site)[0])
+    g, r, n = (ds[v].values for v in bench_twin.TARGETS)
+    new_g, new_r = g[i] * gpp, r[i] * reco
+    n[i] += (new_r - r[i]) - (new_g - g[i])
+    g[i], r[i] = new_g, new_r
+    return ds, fit_site, test_site
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--store", type=Path, help="a 474-site twin store (default: build one, 2013-2020)")
+    ap.add_argument("--split", type=int, default=56, help="seed of the reference's split algorithm")
+    ap.add_argument("--koppen", default="D")
+    ap.add_argument("--igbp", default="GRA")
+    ap.add_argument("--gpp", type=float, default=0.2, help="factor on the WAT training site's observed GPP")
+    ap.add_argument("--reco", type=float, default=0.3, help="factor on the WAT training site's observed RECO")
+    ap.add_argument("--rounds", type=int, default=1000)
+    args = ap.parse_args(argv)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = args.store
+        if path is None:
+            path = Path(tmp) / "twin.zarr"
+            bench_twin.build(474, "2013-01-01", "2020-12-31", 0, "real", path)
+        ds = store.open_store(path).load()
+    split = splits.make_split(ds, by="koppen", method="reference", reference_seed=args.split)
+    ds, fit_site, test_site = relabel(ds, split, args.koppen, args.igbp, args.gpp, args.reco)
+    split = splits.make_split(ds, by="koppen", method="reference", reference_seed=args.split)
+    shifted, scored = bench_twin.shifted_sites(ds, split)
+    print(f"WAT: training site {fit_site} (GPP x {args.gpp}, RECO x {args.reco}), test site {test_site}; "
+          f"split {args.split}: {shifted} of {scored} scored test sites read as another class")
+    run = train.fit(ds, split, TrainConfig(model="xgboost", split="koppen", seeds=1, protocol="reference",
+                                           hparams={"n_estimators": args.rounds}))
+    frame = evaluation.to_frame(evaluation.evaluate(run.predictions, ds, split, log_exclusions=False))
+    rows = np.logical_and.reduce([ds[v].notnull().values for v in (*bench_twin.TARGETS, schema.QC)]).any(axis=1)
+    scored_test = (ds[bench_twin.TARGETS[2]].notnull() & (ds[schema.QC] >= 1)).values.any(axis=1)
+    test = split.set_index("site").reindex(ds["site"].values)["set"].to_numpy() == "test"
+    moved = members.shifted(schema.decode("igbp", ds["igbp"].values), rows & ~test, scored_test & test,
+                            schema.REFERENCE_IGBP)
+    moved_sites = set(ds["site"].values.astype(str)[moved])
+    for t, g in frame.groupby("target"):
+        r = g["R2"].dropna()
+        by_class = g[g["site"].isin(moved_sites)].groupby("igbp")["R2"].median().round(2).to_dict()
+        print(f"{bench_twin.SHORT[t]:5s} median {r.median():.3f}  p25 {r.quantile(0.25):.3f}  "
+              f"({r.size} sites)  shifted sites' median by class: {by_class}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
