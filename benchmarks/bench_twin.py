@@ -101,15 +101,21 @@ def model_scores(ds, split, models, epochs, rounds, small_net: int | None = None
     return pd.DataFrame(rows)
 
 
-def shifted_sites(ds, split, name="igbp", vocab=schema.REFERENCE_IGBP) -> tuple[int, int]:
-    """(shifted, scored) test sites of the twin's split: sites whose ``name`` code in the test
-    table (coded by its own classes, as the reference's XGBoost reads it) is another training
-    class's."""
+def shifted_mask(ds, split, name="igbp", vocab=schema.REFERENCE_IGBP) -> tuple[np.ndarray, np.ndarray]:
+    """(shifted, scored) bool per site of the twin's split: scored test sites, and those whose
+    ``name`` code in the test table (coded by its own classes, as the reference's XGBoost reads
+    it) is another training class's."""
     rows = np.logical_and.reduce([ds[v].notnull().values for v in (*TARGETS, schema.QC)]).any(axis=1)
     scored = (ds[TARGETS[2]].notnull() & (ds[schema.QC] >= 1)).values.any(axis=1)
     test = split.set_index("site").reindex(ds["site"].values)["set"].to_numpy() == "test"
     mine = members.shifted(schema.decode(name, ds[name].values), rows & ~test, scored & test, vocab)
-    return int(mine.sum()), int((scored & test).sum())
+    return mine, scored & test
+
+
+def shifted_sites(ds, split, name="igbp", vocab=schema.REFERENCE_IGBP) -> tuple[int, int]:
+    """(shifted, scored) test site counts of the twin's split (:func:`shifted_mask`)."""
+    mine, scored = shifted_mask(ds, split, name, vocab)
+    return int(mine.sum()), int(scored.sum())
 
 
 def published_shifted() -> tuple[int, int]:

@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import bench_twin  # noqa: E402
 
-from cbgrid import evaluation, members, schema, splits, store, train  # noqa: E402
+from cbgrid import evaluation, schema, splits, store, train  # noqa: E402
 from cbgrid.protocol import TrainConfig  # noqa: E402
 
 
@@ -73,17 +73,12 @@ def main(argv=None) -> int:
     split = splits.make_split(ds, by="koppen", method="reference", reference_seed=args.split)
     ds, fit_site, test_site = relabel(ds, split, args.koppen, args.igbp, args.gpp, args.reco)
     split = splits.make_split(ds, by="koppen", method="reference", reference_seed=args.split)
-    shifted, scored = bench_twin.shifted_sites(ds, split)
+    moved, scored = bench_twin.shifted_mask(ds, split)
     print(f"WAT: training site {fit_site} (GPP x {args.gpp}, RECO x {args.reco}), test site {test_site}; "
-          f"split {args.split}: {shifted} of {scored} scored test sites read as another class")
+          f"split {args.split}: {moved.sum()} of {scored.sum()} scored test sites read as another class")
     run = train.fit(ds, split, TrainConfig(model="xgboost", split="koppen", seeds=1, protocol="reference",
                                            hparams={"n_estimators": args.rounds}))
     frame = evaluation.to_frame(evaluation.evaluate(run.predictions, ds, split, log_exclusions=False))
-    rows = np.logical_and.reduce([ds[v].notnull().values for v in (*bench_twin.TARGETS, schema.QC)]).any(axis=1)
-    scored_test = (ds[bench_twin.TARGETS[2]].notnull() & (ds[schema.QC] >= 1)).values.any(axis=1)
-    test = split.set_index("site").reindex(ds["site"].values)["set"].to_numpy() == "test"
-    moved = members.shifted(schema.decode("igbp", ds["igbp"].values), rows & ~test, scored_test & test,
-                            schema.REFERENCE_IGBP)
     moved_sites = set(ds["site"].values.astype(str)[moved])
     for t, g in frame.groupby("target"):
         r = g["R2"].dropna()
