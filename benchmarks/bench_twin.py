@@ -69,6 +69,15 @@ def build(n_sites: int, start: str, end: str, seed: int, difficulty: str, path: 
     return time.perf_counter() - t0, (c1.user + c1.system) - (c0.user + c0.system)
 
 
+def probe_store(path: Path | None):
+    """The probes' store, loaded: ``path``, or a fresh 474-site real twin of 2013-2020 (the calibration's)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        if path is None:
+            path = Path(tmp) / "twin.zarr"
+            build(474, "2013-01-01", "2020-12-31", 0, "real", path)
+        return store.open_store(path).load()
+
+
 def model_scores(ds, split, models, epochs, rounds, small_net: int | None = None, protocol="reference",
                  net_protocol="cbgrid") -> pd.DataFrame:
     """Per-site R² median and 25th percentile of each model (one seed). The trees train under

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import bench_twin  # noqa: E402
 
-from cbgrid import evaluation, schema, splits, store, train  # noqa: E402
+from cbgrid import evaluation, schema, splits, train  # noqa: E402
 from cbgrid.protocol import TrainConfig  # noqa: E402
 
 
@@ -64,12 +63,7 @@ def main(argv=None) -> int:
     ap.add_argument("--reco", type=float, default=0.3, help="factor on the WAT training site's observed RECO")
     ap.add_argument("--rounds", type=int, default=1000)
     args = ap.parse_args(argv)
-    with tempfile.TemporaryDirectory() as tmp:
-        path = args.store
-        if path is None:
-            path = Path(tmp) / "twin.zarr"
-            bench_twin.build(474, "2013-01-01", "2020-12-31", 0, "real", path)
-        ds = store.open_store(path).load()
+    ds = bench_twin.probe_store(args.store)
     split = splits.make_split(ds, by="koppen", method="reference", reference_seed=args.split)
     ds, fit_site, test_site = relabel(ds, split, args.koppen, args.igbp, args.gpp, args.reco)
     split = splits.make_split(ds, by="koppen", method="reference", reference_seed=args.split)

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import bench_twin  # noqa: E402
 
-from cbgrid import splits, store  # noqa: E402
+from cbgrid import splits  # noqa: E402
 
 
 def offset(ds, gpp_sd: float, reco_sd: float, rho: float, nee_bias: float, seed: int = 12345):
@@ -57,14 +56,10 @@ def main(argv=None) -> int:
     ap.add_argument("--splits", default="56,65,67", help="seeds of the reference's split algorithm "
                     "(default: the calibration's comparable draws)")
     ap.add_argument("--models", default="lightgbm,xgboost")
+    ap.add_argument("--seed", type=int, default=12345, help="seed of the site factors and offsets")
     args = ap.parse_args(argv)
-    with tempfile.TemporaryDirectory() as tmp:
-        path = args.store
-        if path is None:
-            path = Path(tmp) / "twin.zarr"
-            bench_twin.build(474, "2013-01-01", "2020-12-31", 0, "real", path)
-        ds = store.open_store(path).load()
-    ds = offset(ds, args.gpp_sd, args.reco_sd, args.rho, args.nee_bias)
+    ds = bench_twin.probe_store(args.store)
+    ds = offset(ds, args.gpp_sd, args.reco_sd, args.rho, args.nee_bias, args.seed)
     frames = []
     for seed in map(int, args.splits.split(",")):
         split = splits.make_split(ds, by="koppen", method="reference", reference_seed=seed)
