@@ -1,13 +1,14 @@
 """Probe: which site-level errors of the observed fluxes cost XGBoost more than LightGBM?
 
 The published XGBoost stands below LightGBM (GPP median 0.469 against 0.608) while on the twin
-the two libraries score alike (docs/twin.md). This script takes a 474-site twin store (``--store``
-or a fresh 2013-2020 build), multiplies each site's observed GPP and RECO by a static lognormal
-factor (``--gpp-sd``, ``--reco-sd``, log-sds, mean 1, correlated by ``--rho``) and adds a static
-offset of sd ``--nee-bias`` gC m-2 d-1 to its observed NEE (GPP = RECO - NEE takes it; RECO does
-not), so NEE = RECO - GPP still holds; then it trains the trees under the reference protocol on
-the reference's splits ``--splits`` and prints each target's median and 25th-percentile per-site
-R², per split and averaged as the calibration averages them.
+of round 15 the two libraries scored alike (docs/twin.md; round 16 draws such an NEE offset
+itself, R13). This script takes a 474-site twin store (``--store`` or a fresh 2013-2020 build),
+multiplies each site's observed GPP and RECO by a static lognormal factor (``--gpp-sd``,
+``--reco-sd``, log-sds, mean 1, correlated by ``--rho``) and adds a static offset of sd
+``--nee-bias`` gC m-2 d-1 to its observed NEE (GPP = RECO - NEE takes it; RECO does not), so
+NEE = RECO - GPP still holds; then it trains the trees under the reference protocol on the
+reference's splits ``--splits`` and prints each target's median and 25th-percentile per-site R²,
+per split and averaged as the calibration averages them.
 
     python benchmarks/probe_site_offsets.py --store /tmp/twin474.zarr                  # no change
     python benchmarks/probe_site_offsets.py --store /tmp/twin474.zarr --nee-bias 0.3

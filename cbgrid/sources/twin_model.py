@@ -56,7 +56,7 @@ K_AUTO_RANGE = (0.30, 0.60)      # autotrophic share of recent GPP (uniform)
 DEEP_ALPHA = 1.0 / 40.0  # deep store: EMA of surface relative water, 40-day memory
 LEGACY_DAYS, LEGACY_TAU, LEGACY_MAX = 365, 120.0, 0.45  # drought legacy kernel and largest GPP loss
 # unresolved day-to-day variation of the true fluxes (diffuse light, substrate pulses): log-sd, AR(1)
-GPP_DAILY_SD, GPP_DAILY_PHI = 0.25, 0.8
+GPP_DAILY_SD, GPP_DAILY_PHI = 0.20, 0.8
 RECO_DAILY_SD, RECO_DAILY_PHI = 0.15, 0.9
 # disturbance kernels: linear recovery over this many days (all shorter than the spin-up)
 HARVEST_DAYS, MOW_DAYS, FIRE_DAYS = 120, 40, 540
@@ -75,6 +75,7 @@ NEE_PHI, NEE_AR_SHARE = 0.75, 0.8  # AR(1) coefficient and share of the autocorr
 NOISE_SD = 0.60          # log-sd of the site's error level (tower quality, footprint heterogeneity)
 GAPFILL_PHI, GAPFILL_SD = 0.95, 1.5  # gap-filling error: AR(1), scaled by (1 - QC)
 PART_BIAS_SD, PART_SD, PART_PHI = 0.06, 0.20, 0.9  # RECO partitioning: site bias, AR(1) error
+NEE_BIAS_SD = 0.30       # gC m-2 d-1, sd of the site's systematic NEE error (advection, storage, footprint)
 
 # Random streams (ids 200.. are this module's; never reuse one for another purpose).
 _S_FX = 200              # static effects use 200 + k
@@ -119,6 +120,7 @@ def site_effects(seed: int, keys: np.ndarray) -> dict[str, np.ndarray]:
         outages=(OUTAGES_PER_YEAR[0] + (OUTAGES_PER_YEAR[1] - OUTAGES_PER_YEAR[0]) * _su(seed, keys, 14)) / 365.25,
         part_bias=PART_BIAS_SD * _sn(seed, keys, 15),
         noise=np.exp(NOISE_SD * _sn(seed, keys, 16) - 0.5 * NOISE_SD**2),
+        nee_bias=NEE_BIAS_SD * _sn(seed, keys, 17),
     )
 
 
@@ -213,7 +215,7 @@ def observe(seed, keys, fx, days, gpp, reco, s0: int):
     e_gap = rng.ar1(rng.normal(seed, keys, days, _S_GAPFILL), GAPFILL_PHI)
     a = NEE_AR_SHARE
     err = sd * (np.sqrt(a) * e_ar + np.sqrt(1 - a) * e_w) + GAPFILL_SD * sd * (1.0 - qc) * e_gap
-    nee = reco - gpp + err
+    nee = reco - gpp + err + fx["nee_bias"][:, None]
     e_part = rng.ar1(rng.normal(seed, keys, days, _S_PART), PART_PHI)
     reco_o = reco * np.exp(fx["part_bias"][:, None] + PART_SD * e_part)
     gpp_o = reco_o - nee
