@@ -1,16 +1,16 @@
 """Calibration of the synthetic twin against the real benchmark: each figure beside its target.
 
-On a twin store (``--sites``, default 474, the last ``--years`` years up to 2020) with the
-Köppen split (the reference's algorithm by default; ``--splits N`` draws N splits of it, seeds
-56, 57, ..., keeping those whose XGBoost class shifts are like the published split's, and reports
-the mean), the script trains ``--models`` (LightGBM, XGBoost, CT-LSTM by default; one seed per
-split, ``--model-seed`` picks it) and prints their median and 25th-percentile per-site R² (QC = 1 days), with the range
-over the splits, beside the published v2 medians (catalogs/carbonbench/published_site_scores.csv,
-feature_set minimal, split_type Koppen), the GPP ordering of the models, the best possible R²
-(truth against observation),
-NEE lag-1 autocorrelation, QC = 1 persistence and share (against the real US-AR1 file when
-../shared/data is present), per-IGBP annual budgets against literature ranges, and the sign of
-the annual NEE at US-AR1. ``--build-only`` measures the store build (time, peak memory) alone.
+On a twin store (``--sites``, default 474, the last ``--years`` years up to 2020) with the Köppen
+split (the reference's algorithm by default; ``--splits N`` draws N splits of it, seeds 56, 57,
+..., keeping those whose XGBoost class shifts are like the published split's, and reports the
+mean), the script trains ``--models`` (LightGBM, XGBoost, CT-LSTM by default; one seed per split,
+``--model-seed`` picks it) and prints their median and 25th-percentile per-site R² (QC = 1 days),
+with the range over the splits, beside the published v2 medians
+(catalogs/carbonbench/published_site_scores.csv, feature_set minimal, split_type Koppen), the GPP
+ordering of the models, the best possible R² (truth against observation), NEE lag-1
+autocorrelation, QC = 1 persistence and share (against the real US-AR1 file when ../shared/data is
+present), per-IGBP annual budgets against literature ranges, and the sign of the annual NEE at
+US-AR1. ``--build-only`` measures the store build (time, peak memory) alone.
 
     python benchmarks/bench_twin.py --sites 100 --years 4 --models lightgbm          # cheap
     python benchmarks/bench_twin.py --sites 474 --years 8 --epochs 20 --small-net 128 --splits 3   # docs/twin.md
@@ -262,7 +262,8 @@ def main(argv=None) -> int:
     models = [m for m in args.models.split(",") if m]
     if models:
         per_split = pd.concat([model_scores(ds, split, models, args.epochs, args.rounds, args.small_net, args.protocol,
-                                            args.net_protocol, args.model_seed).assign(split=k) for k, split in zip(seeds, split_list)])
+                                            args.net_protocol, args.model_seed).assign(split=k)
+                               for k, split in zip(seeds, split_list)])
         sc = per_split.groupby(["model", "target"], sort=False)[["median", "p25", "seconds"]].mean().reset_index()
         spread = per_split.groupby(["model", "target"], sort=False)[["median", "p25"]].agg(lambda x: x.max() - x.min())
         for _, r in sc.iterrows():
@@ -280,7 +281,8 @@ def main(argv=None) -> int:
             theirs_ids = {v: k for k, v in PUBLISHED_NAMES.items()}
             theirs = " > ".join(theirs_ids[n] for n in theirs.split(" > "))
             rows.append(("GPP ordering", "same as published", mine, theirs, mine == theirs))
-        print(f"(models: one seed{'' if args.model_seed is None else f' ({args.model_seed})'}, {args.splits} split(s) ({args.split_method} algorithm, seeds "
+        which = "" if args.model_seed is None else f" ({args.model_seed})"
+        print(f"(models: one seed{which}, {args.splits} split(s) ({args.split_method} algorithm, seeds "
               f"{', '.join(map(str, seeds))}; figures are means over the splits, range = largest - smallest); "
               f"trees under protocol {args.protocol}, <= {args.rounds} rounds; CT-LSTM under "
               f"{args.net_protocol}, <= {args.epochs} epochs{f', hidden {args.small_net}, 1 layer' if args.small_net else ''}; "
