@@ -340,3 +340,23 @@ def test_us_ar1_annual_nee_sign():
     nee = {d: twin.simulate(s["lat"], s["lon"], igbp, kop, days, twin.site_keys(s["site"]), 0, with_truth=True,
                             difficulty=d)["NEE_true"].mean() * 365.25 for d in twin.DIFFICULTIES}
     assert nee["real"] > 0 > nee["easy"], nee
+
+
+
+def test_real_difficulty_site_nee_error_is_static(sites):
+    """Each real-twin site carries its own systematic NEE error (R13): a constant offset on its
+    observed NEE that observed GPP takes (NEE = RECO - GPP still holds) and observed RECO does
+    not; every other observation error is the same with or without it."""
+    keys = twin.site_keys(sites["site"])
+    fx = twin_model.site_effects(0, keys)
+    assert 0.15 < np.std(fx["nee_bias"]) < 0.5  # NEE_BIAS_SD 0.30 gC m-2 d-1 over 24 sites
+    days = np.arange(400, dtype=np.int64)
+    gpp = np.full((len(keys), days.size), 4.0)
+    reco = np.full((len(keys), days.size), 3.0)
+    with_bias = twin_model.observe(0, keys, fx, days, gpp, reco, 100)
+    without = twin_model.observe(0, keys, {**fx, "nee_bias": np.zeros(len(keys))}, days, gpp, reco, 100)
+    for k in (0, 2, 4):  # QC, observed RECO, outages unchanged
+        np.testing.assert_array_equal(with_bias[k], without[k])
+    np.testing.assert_allclose(with_bias[1] - without[1], np.broadcast_to(fx["nee_bias"][:, None], with_bias[1].shape),
+                               atol=1e-12)
+    np.testing.assert_allclose(with_bias[3] - without[3], -(with_bias[1] - without[1]), atol=1e-12)
