@@ -75,7 +75,8 @@ NEE_PHI, NEE_AR_SHARE = 0.75, 0.8  # AR(1) coefficient and share of the autocorr
 NOISE_SD = 0.60          # log-sd of the site's error level (tower quality, footprint heterogeneity)
 GAPFILL_PHI, GAPFILL_SD = 0.95, 1.5  # gap-filling error: AR(1), scaled by (1 - QC)
 PART_BIAS_SD, PART_SD, PART_PHI = 0.06, 0.20, 0.9  # RECO partitioning: site bias, AR(1) error
-NEE_BIAS_SD = 0.30       # gC m-2 d-1, sd of the site's systematic NEE error (advection, storage, footprint)
+NEE_BIAS_SD = 0.35       # gC m-2 d-1, sd of the site's systematic NEE error (advection, storage, footprint)
+NIGHT_SHARE = 0.5        # share of that error made at night, which the night-time partitioning puts in RECO
 
 # Random streams (ids 200.. are this module's; never reuse one for another purpose).
 _S_FX = 200              # static effects use 200 + k
@@ -217,7 +218,8 @@ def observe(seed, keys, fx, days, gpp, reco, s0: int):
     err = sd * (np.sqrt(a) * e_ar + np.sqrt(1 - a) * e_w) + GAPFILL_SD * sd * (1.0 - qc) * e_gap
     nee = reco - gpp + err + fx["nee_bias"][:, None]
     e_part = rng.ar1(rng.normal(seed, keys, days, _S_PART), PART_PHI)
-    reco_o = reco * np.exp(fx["part_bias"][:, None] + PART_SD * e_part)
+    reco_o = np.maximum(reco * np.exp(fx["part_bias"][:, None] + PART_SD * e_part)
+                        + NIGHT_SHARE * fx["nee_bias"][:, None], 0.0)
     gpp_o = reco_o - nee
     out = outages(seed, keys, fx, days)
     s = slice(s0, None)
