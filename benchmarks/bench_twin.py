@@ -7,7 +7,9 @@ mean), the script trains ``--models`` (LightGBM, XGBoost, CT-LSTM by default; on
 ``--model-seed`` picks it) and prints their median and 25th-percentile per-site R² (QC = 1 days),
 with the range over the splits, beside the published v2 medians
 (catalogs/carbonbench/published_site_scores.csv, feature_set minimal, split_type Koppen), the GPP
-ordering of the models, the best possible R² (truth against observation), NEE lag-1
+ordering of the models, the trees' validation RMSE and rounds beside the published trees'
+training logs (catalogs/carbonbench/reference_validation_curves.csv), the best possible R²
+(truth against observation), NEE lag-1
 autocorrelation, QC = 1 persistence and share (against the real US-AR1 file when ../shared/data is
 present), per-IGBP annual budgets against literature ranges, and the sign of the annual NEE at
 US-AR1. ``--build-only`` measures the store build (time, peak memory) alone.
@@ -79,7 +81,7 @@ def probe_store(path: Path | None):
 
 
 def model_scores(ds, split, models, epochs, rounds, small_net: int | None = None, protocol="reference",
-                 net_protocol="cbgrid", model_seed: int | None = None) -> pd.DataFrame:
+                 net_protocol="cbgrid", model_seed: int | None = None, curves: list | None = None) -> pd.DataFrame:
     """Per-site R² median and 25th percentile of each model (one seed). The trees train under
     ``protocol``: ``reference`` (the default) as the published scores were produced (scaled
     targets, native categoricals, QC weights, XGBoost one multi-output booster predicting with
@@ -87,7 +89,8 @@ def model_scores(ds, split, models, epochs, rounds, small_net: int | None = None
     networks train under ``net_protocol``: ``cbgrid`` by default, because the reference's 100
     epochs at batch 2048 (a few dozen steps an epoch) do not fit a CPU budget and a handful of
     its epochs leaves a network untrained. ``model_seed``: the one seed of every model (None: the
-    protocol's first seed), to measure how far one seed moves the figures."""
+    protocol's first seed), to measure how far one seed moves the figures. ``curves``: a list that
+    receives each tree's validation curve (target, iteration, val_rmse, model, keep)."""
     rows = []
     for m in models:
         tree = m in ("lightgbm", "xgboost")
@@ -102,6 +105,8 @@ def model_scores(ds, split, models, epochs, rounds, small_net: int | None = None
                 kw["hparams"] = {"hidden": small_net, "layers": 1, "lr": 0.002 if small_net <= 64 else 0.001}
         t0 = time.perf_counter()
         run = train.fit(ds, split, TrainConfig(model=m, split="koppen", **kw))
+        if tree and curves is not None:
+            curves.append(run.curves.assign(model=m, keep=run.config["protocol_rules"]["trees"]["keep"]))
         frame = evaluation.to_frame(evaluation.evaluate(run.predictions, ds, split, log_exclusions=False))
         took = time.perf_counter() - t0
         for t, g in frame.groupby("target"):
@@ -109,6 +114,36 @@ def model_scores(ds, split, models, epochs, rounds, small_net: int | None = None
             rows.append({"model": m, "target": t, "median": r.median(), "p25": r.quantile(0.25), "n_sites": r.size,
                          "seconds": took})
     return pd.DataFrame(rows)
+
+
+def validation_figures(curves: list, reference: pd.DataFrame) -> list[tuple]:
+    """Rows of the calibration table: each tree's validation RMSE (standardised targets, the
+    training sites' last 20 % of days) after the first logged round past 50 and at the round it
+    keeps, with the rounds kept, beside the published trees' training logs
+    (``catalog.reference_validation_curves``); means over the splits. XGBoost under the reference
+    protocol keeps every round built (``keep: library``), LightGBM its best."""
+    rows = []
+    names = {v: k for k, v in PUBLISHED_NAMES.items()}
+    for (model, target), ref in reference.groupby(["model", "target"], sort=False):
+        mine, at = [], []
+        for c in curves:
+            rmse = c.loc[(c["model"] == names[model]) & (c["target"] == target), "val_rmse"].to_numpy()
+            if rmse.size:
+                mine.append(rmse)
+                last = names[model] == "xgboost" and c["keep"].iloc[0] == "library"
+                at.append(rmse.size - 1 if last else int(np.argmin(rmse)))
+        if not mine:
+            continue
+        early = int(ref.loc[ref["rounds"] >= 50, "rounds"].iloc[0])
+        kept = ref[ref["kept"]].iloc[0]
+        label = f"{names[model]} {SHORT.get(target, 'all targets')} validation RMSE"
+        rows.append((f"{label} after {early} rounds", "-", np.mean([c[min(early, c.size) - 1] for c in mine]),
+                     float(ref.loc[ref["rounds"] == early, "val_rmse"].iloc[0]), None))
+        rows.append((f"{label} at the kept round", "-", np.mean([c[i] for c, i in zip(mine, at)]),
+                     float(kept["val_rmse"]), None))
+        rows.append((f"{names[model]} {SHORT.get(target, 'all targets')} rounds kept", "-",
+                     np.mean([i + 1 for i in at]), int(kept["rounds"]), None))
+    return rows
 
 
 def shifted_mask(ds, split, name="igbp", vocab=schema.REFERENCE_IGBP) -> tuple[np.ndarray, np.ndarray]:
@@ -260,9 +295,10 @@ def main(argv=None) -> int:
     # model skill ---------------------------------------------------------------------------
     pub = published()
     models = [m for m in args.models.split(",") if m]
+    curves = []
     if models:
         per_split = pd.concat([model_scores(ds, split, models, args.epochs, args.rounds, args.small_net, args.protocol,
-                                            args.net_protocol, args.model_seed).assign(split=k)
+                                            args.net_protocol, args.model_seed, curves).assign(split=k)
                                for k, split in zip(seeds, split_list)])
         sc = per_split.groupby(["model", "target"], sort=False)[["median", "p25", "seconds"]].mean().reset_index()
         spread = per_split.groupby(["model", "target"], sort=False)[["median", "p25"]].agg(lambda x: x.max() - x.min())
@@ -287,6 +323,9 @@ def main(argv=None) -> int:
               f"trees under protocol {args.protocol}, <= {args.rounds} rounds; CT-LSTM under "
               f"{args.net_protocol}, <= {args.epochs} epochs{f', hidden {args.small_net}, 1 layer' if args.small_net else ''}; "
               f"{', '.join(f'{m} {s:.0f} s' for m, s in sc.groupby('model')['seconds'].first().items())})")
+
+    if curves:
+        rows += validation_figures(curves, catalog.reference_validation_curves())
 
     for name, vocab, theirs in (("igbp", schema.REFERENCE_IGBP, "{} of {}".format(*published_shifted())),
                                 ("koppen_detailed", schema.REFERENCE_KOPPEN_DETAILED, None)):

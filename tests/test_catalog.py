@@ -74,3 +74,17 @@ def test_official_membership_and_published_scores():
     p = catalog.published_scores()
     assert len(p) == 12972
     assert isinstance(p, pd.DataFrame) and {"R2", "RMSE", "nMAE", "RAE"} <= set(p.columns)
+
+
+def test_reference_validation_curves():
+    c = catalog.reference_validation_curves()
+    assert len(c) == 73
+    kept = c[c["kept"]].set_index(["model", "target"])["rounds"]
+    # one kept round per booster: XGBoost's one booster of the three targets ran all 1000 rounds,
+    # LightGBM's stopped early for GPP and RECO
+    assert kept.to_dict() == {("XGBoost", "all"): 1000, ("LightGBM", "GPP_NT_VUT_USTAR50"): 691,
+                              ("LightGBM", "RECO_NT_VUT_USTAR50"): 795, ("LightGBM", "NEE_VUT_USTAR50"): 1000}
+    for _, g in c.groupby(["model", "target"]):
+        assert g["rounds"].is_monotonic_increasing
+        upto = g[g["rounds"] <= g.loc[g["kept"], "rounds"].iloc[0]]
+        assert upto["val_rmse"].is_monotonic_decreasing and g.loc[g["kept"], "val_rmse"].iloc[0] == g["val_rmse"].min()
