@@ -51,13 +51,13 @@ VPD_SCALE, VPD_SD = 3.5, 0.35    # kPa over which VPD closes stomata; log-sd
 PHEN_T_SD = 2.5          # K, sd of the site's green-up temperature threshold shift
 PHEN_W_SD = 0.08         # sd of the site's water-phenology threshold shift
 E0_SD = 0.06             # log-sd of the Lloyd-Taylor activation parameter E0
-R_HET_SD = 0.15          # log-sd of the heterotrophic base rate (relative to GPP)
+R_HET_SD = 0.10          # log-sd of the heterotrophic base rate (relative to GPP)
 K_AUTO_RANGE = (0.30, 0.60)      # autotrophic share of recent GPP (uniform)
 DEEP_ALPHA = 1.0 / 40.0  # deep store: EMA of surface relative water, 40-day memory
 LEGACY_DAYS, LEGACY_TAU, LEGACY_MAX = 365, 120.0, 0.45  # drought legacy kernel and largest GPP loss
 # unresolved day-to-day variation of the true fluxes (diffuse light, substrate pulses): log-sd, AR(1)
 GPP_DAILY_SD, GPP_DAILY_PHI = 0.20, 0.8
-RECO_DAILY_SD, RECO_DAILY_PHI = 0.15, 0.9
+RECO_DAILY_SD, RECO_DAILY_PHI = 0.30, 0.7
 # disturbance kernels: linear recovery over this many days (all shorter than the spin-up)
 HARVEST_DAYS, MOW_DAYS, FIRE_DAYS = 120, 40, 540
 #: fire probability per year by IGBP code 0..16 (WAT ENF EBF DNF DBF MF CSH OSH WSA SAV GRA WET CRO URB CVM SNO BSV)
