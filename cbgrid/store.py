@@ -94,12 +94,12 @@ def open_store(path, *, validate: bool = True, chunks="auto") -> xr.Dataset:
     if version is not None and str(version) not in SCHEMA_VERSIONS:
         raise SchemaError(f"{path} has store schema version {version!r}; this cbgrid reads version(s) "
                           f"{', '.join(SCHEMA_VERSIONS)}: upgrade cbgrid, or rebuild the store with this one")
-    ds = xr.open_zarr(str(path), consolidated=False, chunks={} if chunks == "auto" else chunks)
+    ds = _open_committed_sites(path, commit["n_sites"], {} if chunks == "auto" else chunks)
     # xarray finds non-index coordinates through the data variables' `coordinates` attribute,
     # which variables added later may lack: the schema, not that attribute, says what they are.
     ds = ds.set_coords([c for c in schema.SITE_COORDS if c in ds.data_vars])
     uncommitted = [v for v in ds.data_vars if v not in commit["variables"]]
-    ds = ds.drop_vars(uncommitted).isel({SITE: slice(0, commit["n_sites"])})
+    ds = ds.drop_vars(uncommitted)
     ds[SITE] = ds[SITE].astype(object)
     # Site coordinates are tiny and every consumer needs them: hold them in memory.
     ds = ds.assign_coords({c: ds[c].compute() for c in schema.SITE_COORDS if c in ds.coords})
@@ -108,6 +108,28 @@ def open_store(path, *, validate: bool = True, chunks="auto") -> xr.Dataset:
     ds.attrs.pop(COMMIT, None)
     ds.encoding["source"] = str(path)
     return schema.validate(ds) if validate else ds
+
+
+def _open_committed_sites(path: Path, n_sites: int, chunks) -> xr.Dataset:
+    """xarray's view of the store cut to its ``n_sites`` committed sites.
+
+    An append resizes the arrays along ``site`` one at a time, so while one runs, or after one
+    was killed and before the next write rolls it back, the arrays' site lengths differ (never
+    below the committed count) and xarray cannot open the group whole: each array is then
+    opened alone, cut to the committed sites and merged, without writing to the store.
+    """
+    kw = {"consolidated": False, "chunks": chunks}
+    arrays = dict(zarr.open_group(str(path), mode="r", zarr_format=3).arrays())
+    lengths = {arr.shape[dims.index(SITE)] for arr in arrays.values()
+               if SITE in (dims := tuple(arr.metadata.dimension_names or ()))}
+    if len(lengths) <= 1:
+        return xr.open_zarr(str(path), **kw).isel({SITE: slice(0, n_sites)})
+    log.info("%s: an append is under way or was interrupted; reading its %d committed sites", path, n_sites)
+    parts = []
+    for name in arrays:
+        part = xr.open_zarr(str(path), drop_variables=[a for a in arrays if a != name], **kw)
+        parts.append(part.isel({SITE: slice(0, n_sites)}) if SITE in part.dims else part)
+    return xr.merge(parts, compat="override", join="exact", combine_attrs="override")
 
 
 def schema_order() -> list[str]:

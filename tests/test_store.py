@@ -122,3 +122,32 @@ def test_replacing_every_data_variable_keeps_site_coordinates(tmp_path, small_ds
     ds = store.open_store(p)
     assert set(schema.SITE_COORDS) <= set(ds.coords)
     xr.testing.assert_allclose(ds["temperature_2m"].load(), only["temperature_2m"] + 1.0)
+
+
+@pytest.mark.parametrize("resized", [1, 3, 8])
+def test_append_killed_between_array_resizes_leaves_the_committed_store(tmp_path, monkeypatch, resized):
+    # an append resizes its arrays one at a time: killed after `resized` of them, the arrays'
+    # site lengths differ until the next write rolls them back
+    a = random_site_dataset(n_sites=3, seed=0)
+    b = random_site_dataset(n_sites=5, seed=1).isel(site=[3, 4])
+    p = store.write_store(a, tmp_path / "s.zarr", progress=False)
+    before = store.open_store(p).load()
+    real_resize, calls = zarr.Array.resize, []
+
+    def resize(self, shape):
+        if len(calls) == resized:
+            raise KeyboardInterrupt
+        calls.append(self.name)
+        return real_resize(self, shape)
+
+    monkeypatch.setattr(zarr.Array, "resize", resize)
+    with pytest.raises(KeyboardInterrupt):
+        store.append_sites(b, p)
+    monkeypatch.setattr(zarr.Array, "resize", real_resize)
+    lengths = {arr.shape[0] for _, arr in zarr.open_group(str(p), mode="r").arrays() if arr.ndim and arr.metadata.dimension_names[0] == "site"}
+    assert lengths == {3, 5}  # the state a reader meets
+    xr.testing.assert_identical(store.open_store(p).load(), before)
+    store.append_sites(b, p)  # rolls back, then appends
+    ds = store.open_store(p)
+    assert list(ds.site.values) == list(a.site.values) + list(b.site.values)
+    xr.testing.assert_equal(ds[schema.GPP].isel(site=[3, 4]).load(), b[schema.GPP])
