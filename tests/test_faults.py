@@ -29,9 +29,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import xarray as xr
 
 from cbgrid import catalog, manifest, schema
 from cbgrid.cli import main
+from cbgrid.store import open_store
 
 SITE = "US-AR1"  # in the site catalog, not among the twin's first sites
 HEADER = "TIMESTAMP,GPP_NT_VUT_USTAR50,RECO_NT_VUT_USTAR50,NEE_VUT_USTAR50,NEE_VUT_USTAR50_QC\n"
@@ -568,7 +570,7 @@ def test_two_concurrent_ingests_lose_nothing(world, trial):
 @pytest.mark.parametrize("after", [0.5, 2.0, 4.0, 6.0])
 def test_a_signal_during_ingest_leaves_the_old_store(world, sig, after):
     before = store_sites(world)
-    snap = snapshot(world.store)
+    old = open_store(world.store).load()
     f = world.file(f"in/{NAME}", GOOD)
     p = _cli("ingest", f, "--out", world.store)
     time.sleep(after)
@@ -582,7 +584,9 @@ def test_a_signal_during_ingest_leaves_the_old_store(world, sig, after):
     now = store_sites(world)
     assert now in (before, before + [SITE])
     if now == before:
-        assert snapshot(world.store) == snap
+        # the committed store reads exactly as before; an append stopped between resizing its
+        # arrays and committing leaves bytes beyond the commit, which the next write rolls back
+        xr.testing.assert_identical(open_store(world.store).load(), old)
     assert main(["-q", "ingest", str(f), "--out", str(world.store)]) == 0  # and the ingest can be re-run
     assert store_sites(world) == before + [SITE]
 
