@@ -90,11 +90,12 @@ def open_store(path, *, validate: bool = True, chunks="auto") -> xr.Dataset:
     if not path.exists():
         raise MissingError(f"no store at {path}")
     commit = _read_commit(path)
-    version = zarr.open_group(str(path), mode="r", zarr_format=3).attrs.get("cbgrid_schema")
+    group = zarr.open_group(str(path), mode="r", zarr_format=3)
+    version = group.attrs.get("cbgrid_schema")
     if version is not None and str(version) not in SCHEMA_VERSIONS:
         raise SchemaError(f"{path} has store schema version {version!r}; this cbgrid reads version(s) "
                           f"{', '.join(SCHEMA_VERSIONS)}: upgrade cbgrid, or rebuild the store with this one")
-    ds = _open_committed_sites(path, commit["n_sites"], {} if chunks == "auto" else chunks)
+    ds = _open_committed_sites(path, group, commit["n_sites"], {} if chunks == "auto" else chunks)
     # xarray finds non-index coordinates through the data variables' `coordinates` attribute,
     # which variables added later may lack: the schema, not that attribute, says what they are.
     ds = ds.set_coords([c for c in schema.SITE_COORDS if c in ds.data_vars])
@@ -110,7 +111,13 @@ def open_store(path, *, validate: bool = True, chunks="auto") -> xr.Dataset:
     return schema.validate(ds) if validate else ds
 
 
-def _open_committed_sites(path: Path, n_sites: int, chunks) -> xr.Dataset:
+def _site_axis(arr: zarr.Array) -> int | None:
+    """The axis of ``arr`` along ``site``; None when it has none."""
+    dims = tuple(arr.metadata.dimension_names or ())
+    return dims.index(SITE) if SITE in dims else None
+
+
+def _open_committed_sites(path: Path, group: zarr.Group, n_sites: int, chunks) -> xr.Dataset:
     """xarray's view of the store cut to its ``n_sites`` committed sites.
 
     An append resizes the arrays along ``site`` one at a time, so while one runs, or after one
@@ -119,9 +126,8 @@ def _open_committed_sites(path: Path, n_sites: int, chunks) -> xr.Dataset:
     opened alone, cut to the committed sites and merged, without writing to the store.
     """
     kw = {"consolidated": False, "chunks": chunks}
-    arrays = dict(zarr.open_group(str(path), mode="r", zarr_format=3).arrays())
-    lengths = {arr.shape[dims.index(SITE)] for arr in arrays.values()
-               if SITE in (dims := tuple(arr.metadata.dimension_names or ()))}
+    arrays = dict(group.arrays())
+    lengths = {arr.shape[axis] for arr in arrays.values() if (axis := _site_axis(arr)) is not None}
     if len(lengths) <= 1:
         return xr.open_zarr(str(path), **kw).isel({SITE: slice(0, n_sites)})
     log.info("%s: an append is under way or was interrupted; reading its %d committed sites", path, n_sites)
@@ -154,11 +160,11 @@ def _rollback(path: Path) -> dict:
         if name not in keep:
             log.info("%s: array %r is not part of the cbgrid store; left as it is", path, name)
             continue
-        dims = arr.metadata.dimension_names or ()
-        if SITE in dims and arr.shape[dims.index(SITE)] != n:
+        axis = _site_axis(arr)
+        if axis is not None and arr.shape[axis] != n:
             log.warning("%s: rolling %r back to the %d committed sites", path, name, n)
             shape = list(arr.shape)
-            shape[dims.index(SITE)] = n
+            shape[axis] = n
             arr.resize(tuple(shape))
     return commit
 
@@ -227,10 +233,10 @@ def _append_sites(new: xr.Dataset, path: Path) -> list[str]:
     n, k = commit["n_sites"], new.sizes[SITE]
     g = zarr.open_group(str(path), mode="r+", zarr_format=3)
     for _name, arr in g.arrays():
-        dims = arr.metadata.dimension_names or ()
-        if SITE in dims:
+        axis = _site_axis(arr)
+        if axis is not None:
             shape = list(arr.shape)
-            shape[dims.index(SITE)] = n + k
+            shape[axis] = n + k
             arr.resize(tuple(shape))
     region = new.drop_vars(TIME)
     for c in region.coords:
