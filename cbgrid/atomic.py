@@ -128,6 +128,14 @@ def recover_if_missing(path) -> None:
             lock.release()
 
 
+def _about_target(e: OSError, tmp: Path, path: Path) -> OSError:
+    """``e`` as the user sees it: an error on the hidden temporary sibling names ``path``."""
+    name = str(e.filename or "")
+    if not name.startswith(str(tmp)):
+        return e
+    return type(e)(e.errno, e.strerror, str(path) + name[len(str(tmp)):])
+
+
 @contextmanager
 def replace_dir(path, *, overwrite: bool, hint: str = "pass overwrite=True") -> Iterator[Path]:
     """Yield a temporary sibling of ``path`` to fill; on success it becomes ``path``.
@@ -154,6 +162,9 @@ def replace_dir(path, *, overwrite: bool, hint: str = "pass overwrite=True") -> 
                 shutil.rmtree(old, ignore_errors=True)
             else:
                 os.replace(tmp, path)
+        except OSError as e:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise _about_target(e, tmp, path) from e
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
@@ -179,6 +190,9 @@ def replace_file(path) -> Iterator[Path]:
     try:
         yield tmp
         os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise _about_target(e, tmp, path) from e
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

@@ -620,6 +620,20 @@ def test_a_second_writer_waits_for_the_lock(tmp_path):
     assert events == ["in", "out", "in", "out"]
 
 
+@pytest.mark.parametrize("replace", ["file", "dir"])
+def test_an_error_while_writing_names_the_target_not_its_temporary_sibling(tmp_path, replace):
+    """What fails on the hidden ``.NAME.tmp-*`` sibling is reported on the path the user asked for."""
+    from cbgrid import atomic
+
+    target = tmp_path / "out.csv"
+    writer = atomic.replace_file(target) if replace == "file" else atomic.replace_dir(target, overwrite=False)
+    with pytest.raises(FileNotFoundError) as info, writer as tmp:
+        (tmp / "sub" / "x.txt").write_text("x")  # tmp is neither a file nor a folder yet
+    assert info.value.filename == str(target / "sub" / "x.txt")
+    assert ".tmp-" not in str(info.value)
+    assert not list(tmp_path.glob(".out.csv.tmp-*")) and not target.exists()
+
+
 if __name__ == "__main__":
     counts: dict[str, int] = {}
     for c in CASES:
