@@ -140,7 +140,9 @@ def parse_recipe(doc: dict, source_file: Path | None = None) -> Recipe:
         raise RecipeError(f"{where}: grid.region must be [lon_min, lat_min, lon_max, lat_max]")
     lon0, lat0, lon1, lat1 = region
     if not (-180 <= lon0 < lon1 <= 180 and -90 <= lat0 < lat1 <= 90):
-        raise RecipeError(f"{where}: grid.region {list(region)} is not a valid lon/lat box within [-180, 180] x [-90, 90]")
+        raise RecipeError(f"{where}: grid.region {list(region)} is not a valid lon/lat box within [-180, 180] x [-90, 90]; "
+                          "write [lon_min, lat_min, lon_max, lat_max] with min < max (a box across the antimeridian "
+                          "takes two recipes)")
     for span, nm in ((lon1 - lon0, "longitude"), (lat1 - lat0, "latitude")):
         if abs(span / res - round(span / res)) > 1e-6:
             raise RecipeError(f"{where}: the region's {nm} span {span} is not a multiple of the resolution {res}")

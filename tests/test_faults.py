@@ -469,6 +469,8 @@ case("upscale-recipe-not-yaml", lambda w: ["upscale", w.file("r.yaml", "name: [u
 case("upscale-recipe-a-list", lambda w: ["upscale", w.file("r.yaml", "- a\n- b\n")], "r.yaml", changes=("r.yaml",))
 case("upscale-output-is-a-file", lambda w: [w.file("products", "x"), "upscale", w.recipe(), "--no-quicklook"][1:],
      "output folder .*products is a file", changes=("r.yaml", "products"))
+case("upscale-region-reversed", lambda w: ["upscale", w.recipe(grid={"region": [10, 50, 0, 60]})],
+     "grid.region \\[10.0, 50.0, 0.0, 60.0\\] .*min < max", changes=("r.yaml",))
 case("upscale-truth-needs-twin", lambda w: ["upscale", w.recipe(drivers={"source": "local", "paths": ["x.nc"], "_replace": True}),
                                             "--truth"], "--truth needs twin drivers|x.nc", changes=("r.yaml",))
 
@@ -497,6 +499,22 @@ case("upscale-ok", _upscale(), None, check=lambda w: manifest.read(w.products)["
      changes=("r.yaml", "products"))
 case("upscale-other-ensemble-refused", _other_ensemble, "holds the products of another ensemble .*--overwrite",
      changes=("r.yaml", "products", "run-b"))
+
+
+# --- exports for evaluation tools --------------------------------------------------------------
+case("export-ilamb-not-netcdf", lambda w: ["export", "ilamb", w.file("p.nc", "not a netcdf file\n"), "--out", w.root / "il"],
+     "p.nc: not a NetCDF file .*cbgrid upscale", changes=("p.nc",))
+def _product_and_text(w):
+    assert main(["-q", "upscale", str(w.recipe()), "--no-quicklook"]) == 0
+    return ["export", "ilamb", *sorted(w.products.glob("*.nc")), w.file("a.txt", "x\n"), "--out", w.root / "il"]
+
+
+case("export-ilamb-one-of-two-not-netcdf", _product_and_text, "a.txt: not a NetCDF file",
+     changes=("a.txt", "r.yaml", "products"))
+case("export-ilamb-missing-file", lambda w: ["export", "ilamb", w.root / "none.nc", "--out", w.root / "il"],
+     "product file .*none.nc does not exist")
+case("export-ilamb-sites-no-store", lambda w: ["export", "ilamb-sites", w.root / "none.zarr", "--out", w.root / "il"],
+     "no store at .*none.zarr")
 
 
 # ------------------------------------------------------------------------------------------

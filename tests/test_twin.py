@@ -303,6 +303,17 @@ def test_difficulty_checked():
     assert twin.TwinDrivers.from_mapping({"difficulty": "easy"}, "drivers").difficulty == "easy"
 
 
+def test_a_period_outside_the_records_warns_and_has_no_observations(caplog):
+    with caplog.at_level("WARNING", logger="cbgrid.sources.twin"):
+        ds = twin.twin_store(n_sites=2, start="1990-01-01", end="1990-01-20")
+    assert "no observed GPP, RECO or NEE" in caplog.text and "1990-01-01..1990-01-20" in caplog.text
+    assert int(np.isfinite(ds[schema.GPP].values).sum()) == 0
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="cbgrid.sources.twin"):
+        twin.twin_store(n_sites=2, start="1999-12-20", end="2000-01-10")  # overlaps the records
+    assert "no observed" not in caplog.text
+
+
 def test_disturbance_and_outage_kernels_are_finite():
     """Every memory of the real difficulty ends within the spin-up, so values do not depend on
     the requested start (test_subset_and_later_start_give_same_numbers checks the numbers)."""

@@ -183,7 +183,8 @@ def read_oneflux(path, *, site: str | None = None, sites: pd.DataFrame | None = 
     for name, candidates in COLUMNS.items():
         col = next((c for c in candidates if c in df.columns), None)
         if col is None:
-            raise SchemaError(f"{path.name}: none of the columns {candidates} is present")
+            raise SchemaError(f"{path.name}: none of the columns {candidates} is present; cbgrid reads the "
+                              "ONEFlux (FLUXNET2015 / FLUXNET) daily product, which names its flux one of these ways")
         values = pd.to_numeric(df[col], errors="coerce").to_numpy(np.float64)
         bad = df[col].notna().to_numpy() & np.isnan(values)
         if bad.any():

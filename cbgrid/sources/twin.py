@@ -817,6 +817,10 @@ def twin_store(sites: pd.DataFrame | None = None, start="2000-02-24", end="2024-
         sites = twin_sites(n_sites, seed)
     sites = sites.reset_index(drop=True)
     time = pd.date_range(pd.Timestamp(start), pd.Timestamp(end), freq="D")
+    if len(time) and (time[-1] < RECORD_PERIOD[0] or time[0] > RECORD_PERIOD[1]):
+        log.warning("the twin's towers record fluxes within %s..%s only: %s..%s holds drivers but no observed "
+                    "GPP, RECO or NEE; choose a period inside it to train or score", RECORD_PERIOD[0].date(),
+                    RECORD_PERIOD[1].date(), time[0].date(), time[-1].date())
     igbp, kop = _codes(sites)
     keys = site_keys(sites["site"])
     lat = sites["lat"].to_numpy(np.float64)
