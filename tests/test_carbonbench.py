@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import shutil
 
 import numpy as np
@@ -14,7 +15,7 @@ import pytest
 
 from cbgrid import catalog, schema, sources, store, testing
 from cbgrid.cli import main
-from cbgrid.errors import InputError, MissingError
+from cbgrid.errors import DataError, InputError, MissingError
 from cbgrid.schema import GPP, NEE, QC, RECO
 from cbgrid.sources import carbonbench as cb
 
@@ -167,6 +168,77 @@ def test_a_feature_set_naming_columns_the_era5_table_lacks(folder, tmp_path):
     (d / "feature_sets.json").write_text(json.dumps(sets))
     with pytest.raises(InputError, match=r"the ERA5 table lacks: snow_cover, runoff_sum"):
         cb.write_folder(d, tmp_path / "s.zarr", progress=False)
+
+
+@pytest.mark.parametrize("table", ["target_fluxes_v2.parquet", "MOD09GA.parquet", "ERA5.parquet"])
+def test_a_parquet_file_cut_short_is_named(folder, tmp_path, table):
+    d = _copy(folder, tmp_path)
+    data = (d / table).read_bytes()
+    (d / table).write_bytes(data[: len(data) // 2])
+    with pytest.raises(DataError, match=rf"{table}: not a readable Parquet file .*download it again"):
+        cb.write_folder(d, tmp_path / "s.zarr", progress=False)
+    assert not (tmp_path / "s.zarr").exists()
+
+
+def test_a_damaged_page_is_named(folder, tmp_path):
+    """The footer reads, a column's pages do not: the error comes while streaming, still one DataError."""
+    d = _copy(folder, tmp_path)
+    f = d / "target_fluxes_v2.parquet"
+    md = pq.ParquetFile(f).metadata
+    names = [md.schema.column(i).name for i in range(md.num_columns)]
+    col = md.row_group(0).column(names.index(GPP))
+    data = bytearray(f.read_bytes())
+    data[col.data_page_offset: col.data_page_offset + col.total_compressed_size] = b"\xff" * col.total_compressed_size
+    f.write_bytes(bytes(data))
+    with pytest.raises(DataError, match=r"target_fluxes_v2.parquet: not a readable Parquet file"):
+        cb.write_folder(d, tmp_path / "s.zarr", progress=False)
+
+
+def test_a_feature_date_that_does_not_parse_is_named(folder, tmp_path):
+    d = _copy(folder, tmp_path)
+    m = pd.read_parquet(d / "ERA5.parquet")
+    m.loc[m.index[5], "date"] = "2015-02-30"
+    m.to_parquet(d / "ERA5.parquet", index=False)
+    with pytest.raises(DataError, match=r"ERA5.parquet: column date cannot be read as dates"):
+        cb.write_folder(d, tmp_path / "s.zarr", progress=False)
+
+
+def _kept_target_row(d, imported) -> tuple[pd.DataFrame, int]:
+    """The target table and the index of a row the import keeps (all targets, QC and IGBP there)."""
+    t = pd.read_parquet(d / "target_fluxes_v2.parquet")
+    ds, _ = imported
+    ok = t["site"].isin(ds["site"].values.astype(str)) & (t["TIMESTAMP"] > 20010101) & t["IGBP"].notna()
+    ok &= (t[[GPP, RECO, NEE, QC]] != -9999).all(axis=1)
+    return t, int(t.index[ok][0])
+
+
+def test_implausible_values_are_kept_as_the_reference_keeps_them_and_counted(folder, imported, tmp_path, caplog):
+    d = _copy(folder, tmp_path)
+    t, i = _kept_target_row(d, imported)
+    t.loc[i, GPP], t.loc[i, QC] = 1e30, 55.0
+    t.to_parquet(d / "target_fluxes_v2.parquet", index=False)
+    with caplog.at_level(logging.WARNING, logger="cbgrid.sources.carbonbench"):
+        cb.write_folder(d, tmp_path / "s.zarr", progress=False)
+    ds = store.open_store(tmp_path / "s.zarr")
+    day = pd.to_datetime(str(t.loc[i, "TIMESTAMP"]), format="%Y%m%d")
+    at = ds.sel(site=t.loc[i, "site"], time=day)
+    assert float(at[GPP]) == np.float32(1e30) and float(at[QC]) == 55.0  # the reference's row, as published
+    for name in (GPP, QC):
+        assert re.search(rf"target_fluxes_v2.parquet: 1 value\(s\) of {name} outside its plausible range", caplog.text)
+    # the fixture's ERA5 repeats carry +1000 and the first in file order wins, as in the reference
+    assert re.search(r"ERA5.parquet: \d+ value\(s\) of temperature_2m outside its plausible range \[150, 350\]",
+                     caplog.text)
+
+
+def test_an_infinite_target_drops_its_row_with_a_warning(folder, imported, tmp_path, caplog):
+    d = _copy(folder, tmp_path)
+    t, i = _kept_target_row(d, imported)
+    t.loc[i, RECO] = np.inf
+    t.to_parquet(d / "target_fluxes_v2.parquet", index=False)
+    with caplog.at_level(logging.WARNING, logger="cbgrid.sources.carbonbench"):
+        report = cb.write_folder(d, tmp_path / "s.zarr", progress=False)
+    assert "1 row(s) with an infinite target or QC dropped" in caplog.text
+    assert report["rows_kept"] == imported[1]["rows_kept"] - 1
 
 
 def test_an_interrupted_import_leaves_the_old_store_intact(folder, tmp_path, monkeypatch):

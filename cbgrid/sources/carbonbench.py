@@ -24,6 +24,11 @@ that applies it is listed in docs/import.md:
   ``_`` token when there is one); of duplicated (date, site) rows the first in file order wins;
   values kept as stored (no ``-9999`` replacement: the reference does none); a row feeds the
   store only where its date is a store day (the reference's left join on exact dates).
+* values outside the plausible range of ``catalogs/variables.csv`` are kept, as the reference
+  keeps them, and counted in one warning per column (:func:`warn_implausible`); a target row
+  with an infinite value is dropped with a warning (the reference's ``dropna`` keeps it); a
+  table pyarrow cannot open or decode, or a date column that does not parse, is a
+  :class:`DataError` naming the file.
 
 Every table is streamed with pyarrow in batches, reading only the needed columns. The target
 table in two passes (the axes, then the rules batch by batch into (site, day) arrays). The
@@ -40,6 +45,7 @@ import json
 import logging
 import shutil
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -108,6 +114,30 @@ def _read_json(path: Path) -> dict:
     return doc
 
 
+@contextmanager
+def _reading(path: Path) -> Iterator[None]:
+    """A Parquet file that pyarrow cannot open or decode is a :class:`DataError` naming it."""
+    import pyarrow as pa
+
+    try:
+        yield
+    except (pa.ArrowException, OSError) as e:
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise DataError(f"{path}: not a readable Parquet file ({first}); it may be cut short or damaged: "
+                        "download it again") from e
+
+
+def _parquet(path: Path):
+    import pyarrow.parquet as pq
+
+    with _reading(path):
+        return pq.ParquetFile(path)
+
+
+def _iter_batches(pf, path: Path, **kw):
+    with _reading(path):
+        yield from pf.iter_batches(**kw)
+
 def strip_prefix(ids) -> np.ndarray:
     """Feature-table site ids without their network prefix: the second ``_`` token if any.
 
@@ -145,10 +175,8 @@ def read_targets(path, koppen: dict, koppen_short: dict, *, batch_rows: int = BA
     Two passes of ``batch_rows`` rows: the site ids and dates (for the axes), then every needed
     column, each batch's rows filtered by the reference's rules and scattered into the arrays.
     """
-    import pyarrow.parquet as pq
-
     path = Path(path)
-    pf = pq.ParquetFile(path)
+    pf = _parquet(path)
     names = pf.schema_arrow.names
     missing = [c for c in TARGET_COLUMNS if c not in names]
     if missing:
@@ -159,7 +187,7 @@ def read_targets(path, koppen: dict, koppen_short: dict, *, batch_rows: int = BA
 
     def batches(columns, desc):
         with bar(total=pf.metadata.num_rows, desc=f"{path.name}: {desc}", unit="row", progress=progress) as b:
-            for batch in pf.iter_batches(batch_size=batch_rows, columns=columns, use_threads=False):
+            for batch in _iter_batches(pf, path, batch_size=batch_rows, columns=columns, use_threads=False):
                 yield batch.to_pandas()
                 b.update(batch.num_rows)
 
@@ -192,7 +220,7 @@ def read_targets(path, koppen: dict, koppen_short: dict, *, batch_rows: int = BA
     seen = np.zeros(n_sites * n_days, bool)
     first_row = {}  # site index -> (lat, lon, IGBP, network) of its first kept row
     kop, short = _koppen_of(sites.to_numpy(), koppen), _koppen_of(sites.to_numpy(), koppen_short)
-    n_rows = n_kept = n_dup = 0
+    n_rows = n_kept = n_dup = n_inf = 0
     t0 = days[0].to_datetime64().astype("datetime64[ns]")
     values = [GPP, RECO, NEE, QC]
     # pass 2: the reference's rules, batch by batch
@@ -219,6 +247,7 @@ def read_targets(path, koppen: dict, koppen_short: dict, *, batch_rows: int = BA
         lat, lon = np.round(num["lat"], 3), np.round(num["lon"], 3)
         igbp = df["IGBP"].astype(object).to_numpy()
         keep &= np.isfinite(lat) & np.isfinite(lon) & pd.notna(igbp) & pd.notna(kop[s]) & pd.notna(short[s])
+        n_inf += int(np.count_nonzero(keep & np.any([np.isinf(num[c]) for c in values], axis=0)))
         for c in values:
             keep &= np.isfinite(num[c])
         rows = np.flatnonzero(keep)
@@ -236,6 +265,9 @@ def read_targets(path, koppen: dict, koppen_short: dict, *, batch_rows: int = BA
                 first_row[si] = (lat[r], lon[r], str(igbp[r]), str(network[r]))
     if n_dup:
         log.warning("%s: %d duplicated (date, site) target row(s); the first of each is kept", path.name, n_dup)
+    if n_inf:
+        log.warning("%s: %d row(s) with an infinite target or QC dropped (the reference's dropna would keep them; "
+                    "an infinite value is no measurement): check the table", path.name, n_inf)
     kept_idx = sorted(first_row)
     kept = [sites[i] for i in kept_idx]
     no_koppen = sorted(x for x in all_sites if x not in koppen or x not in koppen_short)
@@ -290,6 +322,27 @@ def feature_columns(sets: dict, era5_names, path) -> list[str]:
     return wanted
 
 
+def warn_implausible(path: Path, arrays: dict[str, np.ndarray], sites: pd.DataFrame, days: pd.DatetimeIndex) -> int:
+    """Log one warning per (S, T) array holding values outside the catalog's plausible range
+    (``catalogs/variables.csv`` valid_min/valid_max) or non-finite ones; return how many.
+
+    The import keeps them, as the reference's loaders do (only -9999 is missing there): the store
+    holds the published rows. A unit mix-up, fill value or damaged table shows in this warning.
+    """
+    total = 0
+    for name, a in arrays.items():
+        lo, hi = catalog.bounds(name) if name in catalog.variables().index else (-np.inf, np.inf)
+        bad = np.isinf(a) | (np.isfinite(a) & ((a < lo) | (a > hi)))
+        n = int(np.count_nonzero(bad))
+        if n:
+            i, t = np.unravel_index(int(np.flatnonzero(bad)[0]), a.shape)
+            log.warning("%s: %d value(s) of %s outside its plausible range [%g, %g] (catalogs/variables.csv), e.g. "
+                        "%g at %s on %s; kept as the reference's loaders keep them: check the table", path.name, n,
+                        name, lo, hi, a[i, t], sites["site"].iloc[i], days[t].date())
+            total += n
+    return total
+
+
 class FeatureTable:
     """A feature parquet table streamed into (site, day) slots of a store's axes.
 
@@ -300,10 +353,8 @@ class FeatureTable:
     """
 
     def __init__(self, path, sites, days: pd.DatetimeIndex, *, progress: bool = True, batch_rows: int = BATCH_ROWS):
-        import pyarrow.parquet as pq
-
         self.path = Path(path)
-        self.file = pq.ParquetFile(self.path)
+        self.file = _parquet(self.path)
         self.names = self.file.schema_arrow.names
         lacking = [c for c in ("date", "site") if c not in self.names]
         if lacking:
@@ -321,7 +372,8 @@ class FeatureTable:
 
     def _batches(self, columns: list[str], desc: str):
         with bar(total=self.n_rows, desc=f"{self.path.name}: {desc}", unit="row", progress=self.progress) as b:
-            for batch in self.file.iter_batches(batch_size=self.batch_rows, columns=columns, use_threads=False):
+            for batch in _iter_batches(self.file, self.path, batch_size=self.batch_rows, columns=columns,
+                                       use_threads=False):
                 yield batch
                 b.update(batch.num_rows)
 
@@ -340,7 +392,13 @@ class FeatureTable:
             self.matched_sites.update(uniq[code >= 0].tolist())
             self.other_sites.update(uniq[code < 0].tolist())
             s = code[ids.indices.to_numpy(zero_copy_only=False)]
-            date = pd.to_datetime(batch.column(batch.schema.get_field_index("date")).to_pandas())
+            raw = batch.column(batch.schema.get_field_index("date")).to_pandas()
+            try:
+                date = pd.to_datetime(raw)  # the reference's `f.date = pd.to_datetime(f.date)`
+            except (ValueError, TypeError, OverflowError) as e:
+                first = str(e).splitlines()[0]
+                raise DataError(f"{self.path}: column date cannot be read as dates ({first}); the feature "
+                                "tables hold one calendar day per row, e.g. 2015-01-01") from e
             date = date.to_numpy().astype("datetime64[ns]")
             delta = (date - t0).astype(np.int64)
             day = delta // 86_400_000_000_000
@@ -454,6 +512,7 @@ class CarbonBenchImport:
     def first_part(self) -> xr.Dataset:
         """The targets and QC as a store Dataset (the part written first)."""
         self.check_features()
+        warn_implausible(self.files["targets"], self.targets(), self.sites, self.days)
         ds = schema.site_dataset(self.targets(), self.sites, self.days)
         ds.attrs["source"] = f"CarbonBench published data {self.files['targets'].name} ({self.folder})"
         return ds
@@ -462,6 +521,7 @@ class CarbonBenchImport:
         """The MODIS then the ERA5 columns as store Datasets, a memory budget's worth at a time."""
         for table, columns in ((self.modis, self.modis_columns), (self.era5, self.era5_columns)):
             for group in table.groups(columns, self.budget_mb):
+                warn_implausible(table.path, group, self.sites, self.days)
                 yield schema.site_dataset(group, self.sites, self.days)
 
 
