@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 import xarray as xr
 
+from cbgrid.errors import DataError
 from cbgrid.sources import local
 
 SHARED_GRIB = local.Path(__file__).resolve().parents[2] / "shared" / "data" / "era5" / "era5-levels-members.grib"
@@ -117,3 +118,41 @@ def test_daily_files_stamped_at_noon_stay_daily(tmp_path):
     ds.to_netcdf(tmp_path / "noon.nc")
     out = local.open_local([str(tmp_path / "noon.nc")], days=local.pd.date_range("2020-07-01", periods=3))
     assert out.sizes["time"] == 3 and np.isfinite(out["total_precipitation_sum"].values).all()
+
+
+def test_time_is_sorted_and_a_repeated_time_refused(tmp_path):
+    ds = _cds_file(res=30.0, days=4)
+    ds.isel(valid_time=[0, 2, 1, 3]).to_netcdf(tmp_path / "shuffled.nc")
+    out = local.open_local([str(tmp_path / "shuffled.nc")])
+    assert out.indexes["time"].is_monotonic_increasing
+    np.testing.assert_array_equal(out["temperature_2m"].values,
+                                  local.open_local([str(_write(ds, tmp_path / "sorted.nc"))])["temperature_2m"].values)
+    xr.concat([ds, ds.isel(valid_time=[1])], "valid_time").to_netcdf(tmp_path / "repeat.nc")
+    with pytest.raises(ValueError, match=r"repeat.nc: time 2020-07-02 00:00:00 appears more than once"):
+        local.open_local([str(tmp_path / "repeat.nc")])
+
+
+def _write(ds: xr.Dataset, path):
+    ds.to_netcdf(path)
+    return path
+
+
+def test_a_file_that_cannot_be_read_is_named(tmp_path):
+    data = _write(_cds_file(res=30.0), tmp_path / "full.nc").read_bytes()
+    (tmp_path / "cut.nc").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match=r"cut.nc: cannot be read with engine 'netcdf4' .*check the file is complete"):
+        local.open_local([str(tmp_path / "cut.nc")])
+
+
+def test_implausible_values_are_refused_as_the_chunks_are_computed(tmp_path):
+    """Celsius labelled K passes the units check; the plausible range of the catalog catches it,
+    in the chunk that holds it, without a pass of its own."""
+    ds = _cds_file(res=10.0)
+    ds["t2m"].attrs["units"] = "K"  # the values are °C
+    ds.to_netcdf(tmp_path / "celsius.nc")
+    out = local.open_local([str(tmp_path / "celsius.nc")], chunks={"lat": 6, "lon": 36})
+    assert out["temperature_2m"].data.npartitions == 3  # lazy: nothing read yet
+    with pytest.raises(DataError, match=r"celsius.nc: temperature_2m = -?[\d.]+ outside its plausible range "
+                                        r"\[150, 350\] .*units attribute"):
+        out["temperature_2m"].compute()
+    assert np.isfinite(out["leaf_area_index_high_vegetation"].values).all()  # the other variables read as before

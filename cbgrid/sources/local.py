@@ -13,6 +13,8 @@
 * units: where a variable carries ``units``, they are checked against the variable catalog and
   converted for the few spellings that differ (``degC``, ``mm``, ``J m**-2``, ...); anything
   else that disagrees is an error naming the variable and both units;
+* values: checked chunk by chunk, as they are computed, against the catalog's plausible range
+  (:func:`refuse_implausible`), so °C labelled K or an undeclared fill value stops the run;
 * grid: a file on the target grid is used as is; a finer grid whose spacing divides the
   target's is block-averaged (``coarsen``, the cell mean on a regular grid); any other grid is
   interpolated bilinearly (``interp``) to the target cell centres.
@@ -31,7 +33,7 @@ import pandas as pd
 import xarray as xr
 
 from cbgrid import catalog
-from cbgrid.errors import InputError, MissingError, UnknownError
+from cbgrid.errors import DataError, InputError, MissingError, UnknownError
 from cbgrid.recipe import RecipeError, check_keys
 from cbgrid.sources import register_driver_source
 
@@ -111,9 +113,14 @@ def _open_one(path: str, engine: str) -> xr.Dataset:
                 "file to NetCDF (e.g. `grib_to_netcdf`) and set engine: netcdf4"
             ) from e
         return xr.open_dataset(path, engine="cfgrib", chunks={}, backend_kwargs={"indexpath": ""})
-    if engine == "zarr":
-        return xr.open_zarr(path, chunks={})
-    return xr.open_dataset(path, engine=engine, chunks={})
+    try:
+        if engine == "zarr":
+            return xr.open_zarr(path, chunks={})
+        return xr.open_dataset(path, engine=engine, chunks={})
+    except (OSError, ValueError) as e:
+        first = (str(e).splitlines() or [type(e).__name__])[0]
+        raise InputError(f"{path}: cannot be read with engine {engine!r} ({first}); check the file is complete, "
+                         f"or set drivers.engine to one of {', '.join(ENGINES)}") from e
 
 
 def _expand(paths: Sequence[str]) -> list[str]:
@@ -126,15 +133,16 @@ def _expand(paths: Sequence[str]) -> list[str]:
     return out
 
 
-def normalise(ds: xr.Dataset) -> xr.Dataset:
-    """Coordinates as upscaling wants them: (time, lat, lon), lon in -180..180, lat ascending."""
+def normalise(ds: xr.Dataset, where: str = "driver file") -> xr.Dataset:
+    """Coordinates as upscaling wants them: (time, lat, lon), lon in -180..180, lat ascending,
+    time ascending; ``where`` (the file) starts every error message."""
     ren = {k: v for k, v in (("latitude", "lat"), ("longitude", "lon"), ("y", "lat"), ("x", "lon")) if k in ds.dims or k in ds.coords}
     ds = ds.rename(ren)
     if "valid_time" in ds.dims:  # CDS NetCDF (2024 on): valid_time is the time axis
         ds = ds.drop_vars("time", errors="ignore").rename({"valid_time": "time"})
     if "step" in ds.dims:
         if ds.sizes["step"] != 1:
-            raise InputError("forecast files with several steps are not supported: request ERA5-Land "
+            raise InputError(f"{where}: forecast files with several steps are not supported: request ERA5-Land "
                              "reanalysis fields (hourly) or daily statistics")
         ds = ds.isel(step=0)
     if "time" in ds.dims and "valid_time" in ds.coords:  # cfgrib: time = reference, valid_time = actual
@@ -143,13 +151,14 @@ def normalise(ds: xr.Dataset) -> xr.Dataset:
         ds = ds.expand_dims("time")
     for d in ("lat", "lon", "time"):
         if d not in ds.dims:
-            raise InputError(f"driver file has no {d!r} dimension (dims: {dict(ds.sizes)}); expected time, lat/latitude, lon/longitude")
+            raise InputError(f"{where}: no {d!r} dimension (dims: {dict(ds.sizes)}); expected time, lat/latitude, "
+                             "lon/longitude")
     ds = ds.reset_coords(drop=True)  # number, expver, surface, step, valid_time, ...
     for extra in [d for d in ds.dims if d not in ("time", "lat", "lon")]:
         if ds.sizes[extra] == 1:
             ds = ds.isel({extra: 0}, drop=True)
         else:
-            raise InputError(f"driver file has an extra dimension {extra!r} of size {ds.sizes[extra]}; "
+            raise InputError(f"{where}: an extra dimension {extra!r} of size {ds.sizes[extra]}; "
                              "select one level/member before upscaling")
     lon = ds["lon"].values
     if lon.max() > 180:
@@ -157,7 +166,11 @@ def normalise(ds: xr.Dataset) -> xr.Dataset:
     if ds.sizes["lat"] > 1 and ds["lat"].values[0] > ds["lat"].values[-1]:
         ds = ds.sortby("lat")
     t = pd.DatetimeIndex(ds.indexes["time"])
-    return ds.assign_coords(time=t)
+    if t.has_duplicates:
+        raise InputError(f"{where}: time {t[t.duplicated()][0]} appears more than once; keep one record per "
+                         "time step")
+    ds = ds.assign_coords(time=t)
+    return ds if t.is_monotonic_increasing else ds.sortby("time")
 
 
 def rename_variables(ds: xr.Dataset, variables: Mapping[str, str] | None = None) -> xr.Dataset:
@@ -252,7 +265,7 @@ def open_local(paths: Sequence[str], *, engine: str | None = None, variables: Ma
     files = _expand(paths)
     parts = []
     for f in files:
-        ds = normalise(_open_one(f, _engine_for(f, engine)))
+        ds = normalise(_open_one(f, _engine_for(f, engine)), f)
         parts.append(check_units(rename_variables(ds, variables)))
     ds = xr.merge(parts, compat="override", join="outer", combine_attrs="drop_conflicts")
     absent = [f"{store} (as {file!r})" for store, file in dict(variables or {}).items() if store not in ds]
@@ -273,7 +286,32 @@ def open_local(paths: Sequence[str], *, engine: str | None = None, variables: Ma
     ds = ds[[v for v in ds.data_vars if ds[v].dims and set(ds[v].dims) == {"time", "lat", "lon"}]]
     ds = ds.transpose("time", "lat", "lon").astype(np.float32)
     chunks = dict(chunks or {})
-    return ds.chunk({"time": -1, "lat": chunks.get("lat", -1), "lon": chunks.get("lon", -1)})
+    ds = ds.chunk({"time": -1, "lat": chunks.get("lat", -1), "lon": chunks.get("lon", -1)})
+    return refuse_implausible(ds, files[0] if len(files) == 1 else f"the driver files ({files[0]}, ...)")
+
+
+def refuse_implausible(ds: xr.Dataset, where: str) -> xr.Dataset:
+    """``ds`` with each variable's chunks checked, as they are computed, against the plausible range of
+    ``catalogs/variables.csv`` (valid_min/valid_max): a value outside it (°C labelled K, an undeclared
+    fill value) is a :class:`DataError` naming ``where``, the variable and the value. No extra pass."""
+    known = catalog.variables().index
+    out = {}
+    for name, var in ds.data_vars.items():
+        lo, hi = catalog.bounds(name) if name in known else (-np.inf, np.inf)
+        if np.isfinite(lo) or np.isfinite(hi):
+            var = var.copy(data=var.data.map_blocks(_within, lo, hi, name, where, dtype=var.dtype))
+        out[name] = var
+    return xr.Dataset(out, coords=ds.coords, attrs=ds.attrs)
+
+
+def _within(block: np.ndarray, lo: float, hi: float, name: str, where: str) -> np.ndarray:
+    with np.errstate(invalid="ignore"):
+        bad = (block < lo) | (block > hi) | np.isinf(block)
+    if bad.any():
+        raise DataError(f"{where}: {name} = {block[bad].flat[0]:g} outside its plausible range [{lo:g}, {hi:g}] "
+                        "(catalogs/variables.csv); check the file's units attribute (e.g. °C labelled K) and its "
+                        "fill value")
+    return block
 
 
 @register_driver_source
