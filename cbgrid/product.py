@@ -212,6 +212,15 @@ def totals_path(path) -> Path:
 # --------------------------------------------------------------------------------------------
 
 
+def netcdf_lock():
+    """The lock xarray takes around every netCDF4 / HDF5 call it makes. The C libraries are not
+    thread-safe, and while a product is written its drivers may be read from NetCDF in dask
+    threads, so every call of the writer holds it too."""
+    from xarray.backends.netCDF4_ import NETCDF4_PYTHON_LOCK
+
+    return NETCDF4_PYTHON_LOCK
+
+
 class ProductWriter:
     """Create a CF-1.8 product file and fill it block by block; rename into place on success.
 
@@ -246,15 +255,23 @@ class ProductWriter:
     # -- context manager -------------------------------------------------------------------
     def __enter__(self) -> ProductWriter:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._create()
+        with netcdf_lock():
+            try:
+                self._create()
+            except BaseException:
+                if self._nc is not None:
+                    self._nc.close()
+                self.tmp.unlink(missing_ok=True)
+                raise
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
         try:
             if self._nc is not None:
-                if exc_type is None and self.totals.sums:
-                    self._nc.setncatts(self.totals.attrs() | {"totals_file": totals_path(self.path).name})
-                self._nc.close()
+                with netcdf_lock():
+                    if exc_type is None and self.totals.sums:
+                        self._nc.setncatts(self.totals.attrs() | {"totals_file": totals_path(self.path).name})
+                    self._nc.close()
                 self._nc = None
         except BaseException:
             self.tmp.unlink(missing_ok=True)
@@ -348,7 +365,8 @@ class ProductWriter:
     # -- data ------------------------------------------------------------------------------
     def set_attrs(self, attrs: Mapping) -> None:
         """Add global attributes (e.g. diagnostics known only once every block is written)."""
-        self._nc.setncatts(dict(attrs))
+        with netcdf_lock():
+            self._nc.setncatts(dict(attrs))
 
     def write(self, i0: int, j0: int, *, gpp, reco, gpp_sd, reco_sd, nee_sd) -> None:
         """Write one (time, lat, lon) block at grid offset (i0, j0); NEE := RECO - GPP (float32)."""
@@ -368,7 +386,8 @@ class ProductWriter:
             arr = np.asarray(arr, dtype=np.float32)
             if name.endswith("_sd"):
                 arr = np.where(bad | ~np.isfinite(arr), np.float32(np.nan), arr)
-            self._nc[name][sl] = np.ma.masked_invalid(arr)
+            with netcdf_lock():
+                self._nc[name][sl] = np.ma.masked_invalid(arr)
             self.totals.add(i0, j0, **{name: arr})
 
 

@@ -572,6 +572,39 @@ def _catalog_sites(n: int, exclude) -> list[str]:
     return [s for s in table["site"] if s not in set(exclude)][:n]
 
 
+def _local_driver_recipe(w: World, *, celsius_as_kelvin: bool) -> Path:
+    """The world's recipe on local NetCDF drivers: the twin's 10° grid written as a CDS-like file."""
+    import pandas as pd
+
+    from cbgrid.sources import twin
+
+    lat, lon = np.arange(-85.0, 90, 10.0), np.arange(-175.0, 180, 10.0)
+    ds = twin.twin_grid(lat, lon, pd.date_range("2016-05-01", "2016-07-02"), seed=0, with_truth=False).load()
+    ds = ds[[v for v in ds.data_vars if ds[v].dims == ("time", "lat", "lon")]].reset_coords(drop=True)
+    if celsius_as_kelvin:
+        ds["temperature_2m"] = (ds["temperature_2m"] - 273.15).assign_attrs(ds["temperature_2m"].attrs)
+    path = w.root / "drivers.nc"
+    ds.to_netcdf(path)
+    return w.recipe(drivers={"source": "local", "paths": [str(path)], "_replace": True})
+
+
+def test_an_implausible_local_driver_ends_in_one_line_not_a_crash(world):
+    """A chunk refused while others are still being read from NetCDF in dask threads: the writer's
+    netCDF4 calls share xarray's lock, so unwinding does not close files under a reader (before,
+    this crashed the process with a bus error)."""
+    recipe = _local_driver_recipe(world, celsius_as_kelvin=True)
+    for _ in range(2):  # without the shared lock both runs crashed (SIGSEGV or SIGBUS)
+        p = _cli("upscale", recipe, "--no-quicklook")
+        _, err = p.communicate(timeout=600)
+        assert p.returncode == 2, (p.returncode, err)
+        lines = [line for line in err.splitlines() if line.strip() and "WARNING" not in line]
+        assert len(lines) == 1 and re.match(r"cbgrid upscale: error: .*drivers.nc: temperature_2m = -?[\d.]+ "
+                                            r"outside its plausible range \[150, 350\]", lines[0]), err
+        assert not list(world.products.glob("*.nc")) and not list(world.products.glob(".*.tmp-*"))
+    assert main(["-q", "upscale", str(_local_driver_recipe(world, celsius_as_kelvin=False)), "--no-quicklook"]) == 0
+    assert len(list(world.products.glob("*.nc"))) == 1
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("trial", range(3))
 def test_two_concurrent_ingests_lose_nothing(world, trial):
