@@ -34,6 +34,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
+from cbgrid import schema
 from cbgrid import units as cunits
 from cbgrid.errors import InputError, MissingError
 from cbgrid.schema import GPP, NEE, RECO, TARGETS
@@ -86,6 +87,9 @@ def _open(paths: Sequence[Path]) -> xr.Dataset:
                              "set time:units like 'days since 1850-01-01' and a CF calendar "
                              "(standard, noleap, 360_day, ...)") from None
         raise InputError(f"{', '.join(map(str, paths))}: cannot be opened as one dataset ({text})") from None
+    except OSError as e:  # cut short, not NetCDF: netCDF4 names the file but says nothing to do
+        raise InputError(f"{e.filename or ', '.join(map(str, paths))}: cannot be read ({e.strerror or e}); check the "
+                         "file is complete NetCDF (or a Zarr folder)") from None
 
 
 def _axis(ds: xr.Dataset, names: tuple[str, ...], standard: str, what: str) -> str:
@@ -322,7 +326,7 @@ def open_model(paths, *, mapping: Mapping[str, str] | None = None, targets: Sequ
             data = data.assign_coords(time=data.indexes["time"].normalize())
         if data.indexes["time"].has_duplicates:
             raise InputError(f"{where}: two values fall on one day; check the time axis")
-    data = data.sortby("time")
+    data = schema.refuse_implausible(data.sortby("time"), where)
     data.attrs = {
         "experiment": name or experiment_name(raw, paths),
         "time_scale": scale,

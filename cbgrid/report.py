@@ -341,7 +341,8 @@ def _plots(out: Path, experiments, frame, breakdown_igbp, breakdown_koppen, site
 
     figures = []
     jobs = []
-    for t in TARGETS:
+    scored = set(frame["target"])
+    for t in [t for t in TARGETS if t in scored]:  # a model may give one flux only (e.g. gpp alone)
         short = t.split("_")[0]
         jobs.append((f"distribution_{short}.png", lambda t=t: plots.metric_distributions(frame, t)))
         jobs.append((f"heatmap_igbp_{short}.png", lambda t=t: plots.class_heatmap(breakdown_igbp, "igbp", t)))

@@ -16,7 +16,7 @@ import pandas as pd
 import xarray as xr
 
 from cbgrid import catalog
-from cbgrid.errors import InputError
+from cbgrid.errors import DataError, InputError
 
 SITE, TIME = "site", "time"
 DIMS = (SITE, TIME)
@@ -282,6 +282,47 @@ def site_dataset(data: Mapping, sites: pd.DataFrame, time) -> xr.Dataset:
     ds.attrs["Conventions"] = "CF-1.8"
     ds.attrs["cbgrid_schema"] = "1"
     return ds
+
+
+def plausible_range(name: str) -> tuple[float, float]:
+    """``catalog.bounds(name)`` for a catalog variable, (-inf, inf) for any other name."""
+    return catalog.bounds(name) if name in catalog.variables().index else (-np.inf, np.inf)
+
+
+def implausible(a: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    """Where ``a`` is infinite or outside [lo, hi] (NaN is missing, not implausible).
+
+    >>> implausible(np.array([1.0, np.nan, np.inf, 400.0]), 150, 350).tolist()
+    [True, False, True, True]
+    """
+    with np.errstate(invalid="ignore"):
+        return np.isinf(a) | (a < lo) | (a > hi)
+
+
+def refuse_implausible(ds: xr.Dataset, where: str) -> xr.Dataset:
+    """``ds`` with each variable's chunks checked, as they are computed, against its plausible
+    range (:func:`plausible_range`); a value outside it (°C labelled K, kg for g, an undeclared
+    fill value) is a :class:`DataError` naming ``where``, the variable and the value. The check
+    is part of each chunk's task: no pass of its own, and lazy data stays lazy."""
+    out = {}
+    for name, var in ds.data_vars.items():
+        lo, hi = plausible_range(name)
+        if (np.isfinite(lo) or np.isfinite(hi)) and var.chunks is not None:
+            var = var.copy(data=var.data.map_blocks(_within, lo, hi, name, where, dtype=var.dtype))
+        elif np.isfinite(lo) or np.isfinite(hi):
+            _within(var.values, lo, hi, name, where)
+        out[name] = var
+    return xr.Dataset(out, coords=ds.coords, attrs=ds.attrs)
+
+
+def _within(block: np.ndarray, lo: float, hi: float, name: str, where: str) -> np.ndarray:
+    bad = implausible(block, lo, hi)
+    if bad.any():
+        units = catalog.variable(name)["units"]
+        raise DataError(f"{where}: {name} = {block[bad].flat[0]:g} {units} outside its plausible range "
+                        f"[{lo:g}, {hi:g}] (catalogs/variables.csv); check its units attribute (e.g. °C labelled K, "
+                        "g for kg) and its fill value")
+    return block
 
 
 def validate(ds: xr.Dataset) -> xr.Dataset:

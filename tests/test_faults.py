@@ -598,7 +598,7 @@ def test_an_implausible_local_driver_ends_in_one_line_not_a_crash(world):
         _, err = p.communicate(timeout=600)
         assert p.returncode == 2, (p.returncode, err)
         lines = [line for line in err.splitlines() if line.strip() and "WARNING" not in line]
-        assert len(lines) == 1 and re.match(r"cbgrid upscale: error: .*drivers.nc: temperature_2m = -?[\d.]+ "
+        assert len(lines) == 1 and re.match(r"cbgrid upscale: error: .*drivers.nc: temperature_2m = -?[\d.]+ K "
                                             r"outside its plausible range \[150, 350\]", lines[0]), err
         assert not list(world.products.glob("*.nc")) and not list(world.products.glob(".*.tmp-*"))
     assert main(["-q", "upscale", str(_local_driver_recipe(world, celsius_as_kelvin=False)), "--no-quicklook"]) == 0

@@ -152,7 +152,7 @@ def test_implausible_values_are_refused_as_the_chunks_are_computed(tmp_path):
     ds.to_netcdf(tmp_path / "celsius.nc")
     out = local.open_local([str(tmp_path / "celsius.nc")], chunks={"lat": 6, "lon": 36})
     assert out["temperature_2m"].data.npartitions == 3  # lazy: nothing read yet
-    with pytest.raises(DataError, match=r"celsius.nc: temperature_2m = -?[\d.]+ outside its plausible range "
+    with pytest.raises(DataError, match=r"celsius.nc: temperature_2m = -?[\d.]+ K outside its plausible range "
                                         r"\[150, 350\] .*units attribute"):
         out["temperature_2m"].compute()
     assert np.isfinite(out["leaf_area_index_high_vegetation"].values).all()  # the other variables read as before

@@ -150,6 +150,32 @@ def test_bad_units_and_unreadable_calendar_are_refused(store, tmp_path):
         esm.open_model(tmp_path / "cal.nc")
 
 
+
+def test_a_model_in_the_wrong_units_is_refused_where_it_is_read(store, tmp_path):
+    """gC m-2 s-1 labelled kg m-2 s-1 (1000 times too large) passes the units check; the plausible
+    range of the store's GPP catches it when the values are read."""
+    ds = testing.cmip_model(LAT, LON, "2001-01-01", "2001-03-31", truth=_truth(store), variables=("gpp",))
+    ds["gpp"] = (ds["gpp"] * 1000.0).assign_attrs(ds["gpp"].attrs)
+    ds.to_netcdf(tmp_path / "g.nc")
+    model = esm.open_model(tmp_path / "g.nc")  # lazy: nothing read yet
+    with pytest.raises(InputError, match=r"g.nc: GPP_NT_VUT_USTAR50 = [\d.e+]+ gC m-2 d-1 outside its plausible "
+                                         r"range \[-10, 60\]"):
+        model[GPP].compute()
+    data = (tmp_path / "g.nc").read_bytes()
+    (tmp_path / "cut.nc").write_bytes(data[: len(data) // 2])
+    with pytest.raises(InputError, match=r"cut.nc: cannot be read \(.*\); check the file is complete"):
+        esm.open_model(tmp_path / "cut.nc")
+
+
+def test_a_model_with_gpp_only_is_scored_and_plotted_for_gpp(store, tmp_path):
+    ds = testing.cmip_model(LAT, LON, "2001-01-01", "2002-12-31", truth=_truth(store), variables=("gpp",))
+    ds.to_netcdf(tmp_path / "gpp.nc")
+    write_store(store, tmp_path / "store.zarr", progress=False)
+    assert main(["-q", "validate", str(tmp_path / "gpp.nc"), "--store", str(tmp_path / "store.zarr"),
+                 "--out", str(tmp_path / "r"), "--min-scored", "6"]) == 0
+    figures = sorted(p.name for p in (tmp_path / "r").glob("*.png"))
+    assert "distribution_GPP.png" in figures and not [f for f in figures if "RECO" in f or "NEE" in f]
+
 # ---------------------------------------------------------------------------------------- sampling
 def test_nearest_ties_go_to_the_lower_index_and_masked_cells_are_skipped():
     lat, lon = np.array([0.5, 1.5, 2.5]), np.array([0.5, 1.5, 2.5])

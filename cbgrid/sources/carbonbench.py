@@ -331,8 +331,8 @@ def warn_implausible(path: Path, arrays: dict[str, np.ndarray], sites: pd.DataFr
     """
     total = 0
     for name, a in arrays.items():
-        lo, hi = catalog.bounds(name) if name in catalog.variables().index else (-np.inf, np.inf)
-        bad = np.isinf(a) | (np.isfinite(a) & ((a < lo) | (a > hi)))
+        lo, hi = schema.plausible_range(name)
+        bad = schema.implausible(a, lo, hi)
         n = int(np.count_nonzero(bad))
         if n:
             i, t = np.unravel_index(int(np.flatnonzero(bad)[0]), a.shape)

@@ -14,7 +14,7 @@
   converted for the few spellings that differ (``degC``, ``mm``, ``J m**-2``, ...); anything
   else that disagrees is an error naming the variable and both units;
 * values: checked chunk by chunk, as they are computed, against the catalog's plausible range
-  (:func:`refuse_implausible`), so °C labelled K or an undeclared fill value stops the run;
+  (:func:`cbgrid.schema.refuse_implausible`), so °C labelled K or an undeclared fill value stops the run;
 * grid: a file on the target grid is used as is; a finer grid whose spacing divides the
   target's is block-averaged (``coarsen``, the cell mean on a regular grid); any other grid is
   interpolated bilinearly (``interp``) to the target cell centres.
@@ -32,8 +32,8 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from cbgrid import catalog
-from cbgrid.errors import DataError, InputError, MissingError, UnknownError
+from cbgrid import catalog, schema
+from cbgrid.errors import InputError, MissingError, UnknownError
 from cbgrid.recipe import RecipeError, check_keys
 from cbgrid.sources import register_driver_source
 
@@ -287,31 +287,7 @@ def open_local(paths: Sequence[str], *, engine: str | None = None, variables: Ma
     ds = ds.transpose("time", "lat", "lon").astype(np.float32)
     chunks = dict(chunks or {})
     ds = ds.chunk({"time": -1, "lat": chunks.get("lat", -1), "lon": chunks.get("lon", -1)})
-    return refuse_implausible(ds, files[0] if len(files) == 1 else f"the driver files ({files[0]}, ...)")
-
-
-def refuse_implausible(ds: xr.Dataset, where: str) -> xr.Dataset:
-    """``ds`` with each variable's chunks checked, as they are computed, against the plausible range of
-    ``catalogs/variables.csv`` (valid_min/valid_max): a value outside it (°C labelled K, an undeclared
-    fill value) is a :class:`DataError` naming ``where``, the variable and the value. No extra pass."""
-    known = catalog.variables().index
-    out = {}
-    for name, var in ds.data_vars.items():
-        lo, hi = catalog.bounds(name) if name in known else (-np.inf, np.inf)
-        if np.isfinite(lo) or np.isfinite(hi):
-            var = var.copy(data=var.data.map_blocks(_within, lo, hi, name, where, dtype=var.dtype))
-        out[name] = var
-    return xr.Dataset(out, coords=ds.coords, attrs=ds.attrs)
-
-
-def _within(block: np.ndarray, lo: float, hi: float, name: str, where: str) -> np.ndarray:
-    with np.errstate(invalid="ignore"):
-        bad = (block < lo) | (block > hi) | np.isinf(block)
-    if bad.any():
-        raise DataError(f"{where}: {name} = {block[bad].flat[0]:g} outside its plausible range [{lo:g}, {hi:g}] "
-                        "(catalogs/variables.csv); check the file's units attribute (e.g. °C labelled K) and its "
-                        "fill value")
-    return block
+    return schema.refuse_implausible(ds, files[0] if len(files) == 1 else f"the driver files ({files[0]}, ...)")
 
 
 @register_driver_source
