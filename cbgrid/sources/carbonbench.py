@@ -138,6 +138,7 @@ def _iter_batches(pf, path: Path, **kw):
     with _reading(path):
         yield from pf.iter_batches(**kw)
 
+
 def strip_prefix(ids) -> np.ndarray:
     """Feature-table site ids without their network prefix: the second ``_`` token if any.
 
