@@ -68,15 +68,6 @@ def _encode(ds: xr.Dataset) -> dict:
     return enc
 
 
-def _is_netcdf(path: Path) -> bool:
-    """NetCDF-3 (``CDF``) or NetCDF-4 (HDF5) by the file's signature."""
-    if not path.is_file():
-        return False
-    with open(path, "rb") as f:
-        head = f.read(8)
-    return head[:3] == b"CDF" or head == b"\x89HDF\r\n\x1a\n"
-
-
 def _open_products(paths: Sequence) -> xr.Dataset:
     paths = [Path(p) for p in paths]
     if not paths:
@@ -87,12 +78,9 @@ def _open_products(paths: Sequence) -> xr.Dataset:
     try:
         ds = xr.open_mfdataset([str(p) for p in paths], combine="by_coords", engine="netcdf4", data_vars="minimal",
                                coords="minimal", compat="override", chunks={"time": 31})
-    except OSError as e:  # netCDF4 names no file when one of several is not NetCDF
-        bad = next((p for p in paths if not _is_netcdf(p)), None)
-        if bad is None:
-            raise
-        raise InputError(f"{bad}: not a NetCDF file ({e.strerror or e}); pass the .nc files `cbgrid upscale` "
-                         "wrote") from None
+    except OSError as e:  # netCDF4 names the file, not what to pass instead
+        raise InputError(f"{e.filename or paths[0]}: not a NetCDF file cbgrid can read ({e.strerror or e}); pass "
+                         "the .nc files `cbgrid upscale` wrote") from None
     missing = [f for f in product.FLUXES if f not in ds]
     if missing:
         raise InputError(f"{paths[0].name}: not a cbgrid product (no {missing})")
