@@ -129,8 +129,8 @@ def _check_values(path: Path, col: str, name: str, values: np.ndarray) -> None:
     if not finite.any():
         raise DataError(f"{path.name}: column {col} holds only {MISSING} (no value at all); "
                         "this file has no usable data for it: check it is the right file")
-    lo, hi = catalog.bounds(name)
-    out = finite & ((values < lo) | (values > hi))
+    lo, hi = schema.plausible_range(name)
+    out = schema.implausible(values, lo, hi)  # no infinite value is left here: out of range only
     if out.any():
         i = int(np.flatnonzero(out)[0])
         raise DataError(
