@@ -105,18 +105,21 @@ def koppen_at(lat, lon, search_km: float = 25.0) -> np.ndarray:
     lat = np.atleast_1d(np.asarray(lat, dtype=float))
     lon = np.atleast_1d(np.asarray(lon, dtype=float))
     da = _open(KOPPEN_RASTER)
+    import rasterio  # present with rioxarray, which _open requires
+
     t = da.rio.transform()
     row, col = _rowcol(lat, lon, t.c, t.a, t.f, t.e, da.shape)
     half = max(1, int(round(search_km / 1.11)))  # 0.01° ~ 1.11 km
-    out = np.zeros(lat.size, dtype=np.uint8)
-    # Sites are few (hundreds): one small windowed read each, no full-raster load.
-    for i, (r, c) in enumerate(zip(row, col)):
+    # the pixel of each point through GDAL's point sampling (no full-raster load); only the
+    # points on nodata pixels read a window around them
+    with rasterio.open(catalog.raster_path(KOPPEN_RASTER)) as src:
+        xy = zip(t.c + (col + 0.5) * t.a, t.f + (row + 0.5) * t.e)
+        out = np.fromiter((v[0] for v in src.sample(xy, indexes=1)), dtype=np.uint8, count=lat.size)
+    for i in np.flatnonzero(out == KOPPEN_NODATA):
+        r, c = row[i], col[i]
         r0, r1 = max(r - half, 0), min(r + half + 1, da.shape[0])
         c0, c1 = max(c - half, 0), min(c + half + 1, da.shape[1])
         win = np.asarray(da.isel(y=slice(r0, r1), x=slice(c0, c1)).values)
-        if win[r - r0, c - c0] != KOPPEN_NODATA:
-            out[i] = win[r - r0, c - c0]
-            continue
         rr, cc = np.nonzero(win != KOPPEN_NODATA)
         if rr.size:
             j = np.argmin((rr - (r - r0)) ** 2 + (cc - (c - c0)) ** 2)

@@ -44,6 +44,8 @@ def test_raster_lookups_at_known_places():
     lat = np.array([-5.0, 23.0, 48.85, 62.0, 72.5])
     lon = np.array([-65.0, 10.0, 2.35, 130.0, -40.0])
     assert context.koppen_at(lat, lon).tolist() == [1, 2, 3, 4, 5]
+    # on the sea: off Lisbon and off Perth the nearest land pixel within 25 km (C), mid-Atlantic none
+    assert context.koppen_at([38.70, -31.95, 30.0], [-9.60, 115.70, -40.0]).tolist() == [3, 3, 0]
     igbp = context.igbp_at(lat, lon)
     assert igbp[0] == 2  # EBF
     assert igbp[1] == 16  # barren
