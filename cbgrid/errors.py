@@ -50,3 +50,13 @@ class UnknownError(InputError, KeyError):
 
     def __str__(self) -> str:  # KeyError would quote the message
         return str(self.args[0]) if self.args else ""
+
+
+def first_line(err: BaseException) -> str:
+    """The first line of an exception's message (its type's name when it has none), for quoting
+    a library's error inside one of cbgrid's one-line messages.
+
+    >>> first_line(ValueError("bad date\\nat row 3")), first_line(OSError())
+    ('bad date', 'OSError')
+    """
+    return (str(err).strip().splitlines() or [""])[0] or type(err).__name__

@@ -54,7 +54,7 @@ import xarray as xr
 
 from cbgrid import catalog, schema, store
 from cbgrid.atomic import replace_dir
-from cbgrid.errors import DataError, ExistsError, InputError, MissingError
+from cbgrid.errors import DataError, ExistsError, InputError, MissingError, first_line
 from cbgrid.progress import bar
 from cbgrid.protocol import WINDOW
 from cbgrid.schema import GPP, NEE, QC, RECO
@@ -122,8 +122,7 @@ def _reading(path: Path) -> Iterator[None]:
     try:
         yield
     except (pa.ArrowException, OSError) as e:
-        first = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise DataError(f"{path}: not a readable Parquet file ({first}); it may be cut short or damaged: "
+        raise DataError(f"{path}: not a readable Parquet file ({first_line(e)}); it may be cut short or damaged: "
                         "download it again") from e
 
 
@@ -397,8 +396,7 @@ class FeatureTable:
             try:
                 date = pd.to_datetime(raw)  # the reference's `f.date = pd.to_datetime(f.date)`
             except (ValueError, TypeError, OverflowError) as e:
-                first = str(e).splitlines()[0]
-                raise DataError(f"{self.path}: column date cannot be read as dates ({first}); the feature "
+                raise DataError(f"{self.path}: column date cannot be read as dates ({first_line(e)}); the feature "
                                 "tables hold one calendar day per row, e.g. 2015-01-01") from e
             date = date.to_numpy().astype("datetime64[ns]")
             delta = (date - t0).astype(np.int64)

@@ -49,7 +49,7 @@ from dask.highlevelgraph import HighLevelGraph
 
 from cbgrid import catalog, schema
 from cbgrid.atomic import replace_file
-from cbgrid.errors import ExistsError, InputError, MissingError
+from cbgrid.errors import ExistsError, InputError, MissingError, first_line
 from cbgrid.progress import bar as progress_bar
 from cbgrid.recipe import RecipeError, check_keys
 from cbgrid.runtime import require
@@ -258,10 +258,10 @@ def initialize(project: str | None = None, *, service_account=None, deadline_s: 
         try:
             call_with_retries(init, what="ee.Initialize", policy=RetryPolicy(max_tries=3))
         except CredentialsError as e:
-            said = str(e.__cause__ or e).splitlines()[0]
+            said = first_line(e.__cause__ or e)
             raise CredentialsError(f"{_AUTH_HELP}; Earth Engine said: {said}") from None
         except EarthEngineError as e:
-            said = str(e.__cause__ or e).splitlines()[0]
+            said = first_line(e.__cause__ or e)
             if re.search(r"project|credentials", said, re.I):
                 raise CredentialsError(f"{_AUTH_HELP}; Earth Engine said: {said}") from None
             raise

@@ -31,7 +31,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from cbgrid.errors import InputError, ServiceError
+from cbgrid.errors import InputError, ServiceError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -226,13 +226,9 @@ def is_transient(err: BaseException) -> bool:
     return classify(err).retry
 
 
-def _first_line(err: BaseException) -> str:
-    return (str(err).strip().splitlines() or [""])[0] or type(err).__name__
-
-
 def failure(what: str, err: BaseException, verdict: Verdict, tries: int) -> EarthEngineError:
     """The error to raise for a request that will not be retried (again): says what to change."""
-    msg = _first_line(err)
+    msg = first_line(err)
     if verdict.kind == QUOTA:
         return QuotaError(
             f"{what}: the project's Earth Engine compute quota is used up ({msg}); wait for it to reset, raise "
@@ -278,7 +274,7 @@ def call_with_retries(fn: Callable, *, what: str, policy: RetryPolicy | None = N
             if not verdict.retry or attempt >= min(limit, policy.max_tries):
                 raise failure(what, e, verdict, attempt) from e
             delay = policy.delay(attempt)
-            log.warning("%s: %s (%s); retry %d/%d in %.1f s", what, _first_line(e), verdict.why, attempt,
+            log.warning("%s: %s (%s); retry %d/%d in %.1f s", what, first_line(e), verdict.why, attempt,
                         min(limit, policy.max_tries) - 1, delay)
             _sleep(delay)
     raise AssertionError("unreachable")

@@ -33,7 +33,7 @@ import pandas as pd
 import xarray as xr
 
 from cbgrid import catalog, schema
-from cbgrid.errors import InputError, MissingError, UnknownError
+from cbgrid.errors import InputError, MissingError, UnknownError, first_line
 from cbgrid.recipe import RecipeError, check_keys
 from cbgrid.sources import register_driver_source
 
@@ -118,8 +118,7 @@ def _open_one(path: str, engine: str) -> xr.Dataset:
             return xr.open_zarr(path, chunks={})
         return xr.open_dataset(path, engine=engine, chunks={})
     except (OSError, ValueError) as e:
-        first = (str(e).splitlines() or [type(e).__name__])[0]
-        raise InputError(f"{path}: cannot be read with engine {engine!r} ({first}); check the file is complete, "
+        raise InputError(f"{path}: cannot be read with engine {engine!r} ({first_line(e)}); check the file is complete, "
                          f"or set drivers.engine to one of {', '.join(ENGINES)}") from e
 
 
