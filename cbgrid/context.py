@@ -41,12 +41,21 @@ KOPPEN_NODATA = 0
 GDAL_CACHE_MB = 64
 
 
-def _open(name: str, chunks=None) -> xr.DataArray:
-    rioxarray = require("rioxarray", "reading the IGBP/Köppen rasters")
+def _rasterio():
+    """rasterio (which rioxarray brings), with GDAL's block cache at ``GDAL_CACHE_MB``."""
+    require("rioxarray", "reading the IGBP/Köppen rasters")
+    import rasterio
     from rasterio.env import set_gdal_config
 
     # A global (not thread-local) option, so dask's worker threads honour it too.
     set_gdal_config("GDAL_CACHEMAX", GDAL_CACHE_MB)
+    return rasterio
+
+
+def _open(name: str, chunks=None) -> xr.DataArray:
+    _rasterio()
+    import rioxarray
+
     da = rioxarray.open_rasterio(catalog.raster_path(name), chunks=chunks, cache=False)
     return da.squeeze("band", drop=True)
 
@@ -104,26 +113,26 @@ def koppen_at(lat, lon, search_km: float = 25.0) -> np.ndarray:
     """
     lat = np.atleast_1d(np.asarray(lat, dtype=float))
     lon = np.atleast_1d(np.asarray(lon, dtype=float))
-    da = _open(KOPPEN_RASTER)
-    import rasterio  # present with rioxarray, which _open requires
+    rasterio = _rasterio()
+    from rasterio.windows import Window
 
-    t = da.rio.transform()
-    row, col = _rowcol(lat, lon, t.c, t.a, t.f, t.e, da.shape)
     half = max(1, int(round(search_km / 1.11)))  # 0.01° ~ 1.11 km
-    # the pixel of each point through GDAL's point sampling (no full-raster load); only the
-    # points on nodata pixels read a window around them
     with rasterio.open(catalog.raster_path(KOPPEN_RASTER)) as src:
+        t = src.transform
+        row, col = _rowcol(lat, lon, t.c, t.a, t.f, t.e, src.shape)
+        # the pixel of each point through GDAL's point sampling (no full-raster load); only the
+        # points on nodata pixels read a window around them
         xy = zip(t.c + (col + 0.5) * t.a, t.f + (row + 0.5) * t.e)
         out = np.fromiter((v[0] for v in src.sample(xy, indexes=1)), dtype=np.uint8, count=lat.size)
-    for i in np.flatnonzero(out == KOPPEN_NODATA):
-        r, c = row[i], col[i]
-        r0, r1 = max(r - half, 0), min(r + half + 1, da.shape[0])
-        c0, c1 = max(c - half, 0), min(c + half + 1, da.shape[1])
-        win = np.asarray(da.isel(y=slice(r0, r1), x=slice(c0, c1)).values)
-        rr, cc = np.nonzero(win != KOPPEN_NODATA)
-        if rr.size:
-            j = np.argmin((rr - (r - r0)) ** 2 + (cc - (c - c0)) ** 2)
-            out[i] = win[rr[j], cc[j]]
+        for i in np.flatnonzero(out == KOPPEN_NODATA):
+            r, c = row[i], col[i]
+            r0, r1 = max(r - half, 0), min(r + half + 1, src.height)
+            c0, c1 = max(c - half, 0), min(c + half + 1, src.width)
+            win = src.read(1, window=Window(c0, r0, c1 - c0, r1 - r0))
+            rr, cc = np.nonzero(win != KOPPEN_NODATA)
+            if rr.size:
+                j = np.argmin((rr - (r - r0)) ** 2 + (cc - (c - c0)) ** 2)
+                out[i] = win[rr[j], cc[j]]
     return out
 
 
