@@ -58,8 +58,9 @@ LEGACY_DAYS, LEGACY_TAU, LEGACY_MAX = 365, 120.0, 0.45  # drought legacy kernel 
 # unresolved day-to-day variation of the true fluxes (diffuse light, substrate pulses): log-sd, AR(1)
 GPP_DAILY_SD, GPP_DAILY_PHI = 0.20, 0.8
 RECO_DAILY_SD, RECO_DAILY_PHI = 0.30, 0.7
-# disturbance kernels: linear recovery over this many days (all shorter than the spin-up)
-HARVEST_DAYS, MOW_DAYS, FIRE_DAYS = 120, 40, 540
+# disturbance kernels: linear recovery over this many days (all shorter than the spin-up); harvest
+# and mowing/grazing share the first (R5)
+HARVEST_DAYS, FIRE_DAYS = 120, 540
 #: fire probability per year by IGBP code 0..16 (WAT ENF EBF DNF DBF MF CSH OSH WSA SAV GRA WET CRO URB CVM SNO BSV)
 FIRE_RATE = np.array([0, .01, .005, .01, .005, .005, .05, .05, .15, .2, .08, .01, .01, 0, .02, 0, 0])
 MOW_RATE = 2.0           # mowing / grazing events per growing season (GRA)
