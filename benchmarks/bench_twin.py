@@ -81,7 +81,8 @@ def probe_store(path: Path | None):
 
 
 def model_scores(ds, split, models, epochs, rounds, small_net: int | None = None, protocol="reference",
-                 net_protocol="cbgrid", model_seed: int | None = None, curves: list | None = None) -> pd.DataFrame:
+                 net_protocol="cbgrid", model_seed: int | None = None, curves: list | None = None,
+                 per_site: list | None = None) -> pd.DataFrame:
     """Per-site R² median and 25th percentile of each model (one seed). The trees train under
     ``protocol``: ``reference`` (the default) as the published scores were produced (scaled
     targets, native categoricals, QC weights, XGBoost one multi-output booster predicting with
@@ -90,7 +91,9 @@ def model_scores(ds, split, models, epochs, rounds, small_net: int | None = None
     epochs at batch 2048 (a few dozen steps an epoch) do not fit a CPU budget and a handful of
     its epochs leaves a network untrained. ``model_seed``: the one seed of every model (None: the
     protocol's first seed), to measure how far one seed moves the figures. ``curves``: a list that
-    receives each tree's validation curve (target, iteration, val_rmse, model, keep)."""
+    receives each tree's validation curve (target, iteration, val_rmse, model, keep). ``per_site``:
+    a list that receives each model's per-site scores with their decomposition
+    (:func:`decomposition`)."""
     rows = []
     for m in models:
         tree = m in ("lightgbm", "xgboost")
@@ -108,11 +111,35 @@ def model_scores(ds, split, models, epochs, rounds, small_net: int | None = None
         if tree and curves is not None:
             curves.append(run.curves.assign(model=m, keep=run.config["protocol_rules"]["trees"]["keep"]))
         frame = evaluation.to_frame(evaluation.evaluate(run.predictions, ds, split, log_exclusions=False))
+        if per_site is not None:
+            per_site.append(frame.assign(model=m).merge(decomposition(run.predictions, ds, split), on=["site", "target"]))
         took = time.perf_counter() - t0
         for t, g in frame.groupby("target"):
             r = g["R2"].dropna()
             rows.append({"model": m, "target": t, "median": r.median(), "p25": r.quantile(0.25), "n_sites": r.size,
                          "seconds": took})
+    return pd.DataFrame(rows)
+
+
+def decomposition(predictions, ds, split) -> pd.DataFrame:
+    """Per test site and target, over the days scored (QC = 1, observed and predicted): the
+    observed and predicted means and standard deviations and their correlation, which split a
+    site's squared error into bias, amplitude and timing (MSE = bias² + (sd_p − sd_o)² +
+    2 sd_p sd_o (1 − r))."""
+    test = split.loc[split["set"] == "test", "site"].astype(str).tolist()
+    pred = predictions["prediction"].sel(site=test, target=list(TARGETS))
+    times = ds.indexes["time"].intersection(pred.indexes["time"])
+    obs = np.stack([ds[t].sel(site=test, time=times).values for t in TARGETS], axis=-1).astype(np.float64)
+    p = pred.sel(time=times).transpose("site", "time", "target").values.astype(np.float64)
+    ok = (ds[schema.QC].sel(site=test, time=times).values == 1)[..., None] & np.isfinite(obs) & np.isfinite(p)
+    o, q = np.where(ok, obs, np.nan), np.where(ok, p, np.nan)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mo, mp = np.nanmean(o, axis=1), np.nanmean(q, axis=1)
+        so, sp = np.nanstd(o, axis=1), np.nanstd(q, axis=1)
+        r = np.nanmean((o - mo[:, None]) * (q - mp[:, None]), axis=1) / (so * sp)
+    rows = {"site": np.repeat(test, len(TARGETS)), "target": np.tile(TARGETS, len(test))}
+    rows.update({k: v.ravel() for k, v in (("obs_mean", mo), ("pred_mean", mp), ("obs_sd", so), ("pred_sd", sp),
+                                           ("corr", r))})
     return pd.DataFrame(rows)
 
 
@@ -273,6 +300,9 @@ def main(argv=None) -> int:
                     "far one seed moves the figures")
     ap.add_argument("--difficulty", default="real", choices=twin_model.DIFFICULTIES)
     ap.add_argument("--store", type=Path, default=None, help="reuse (or create) this twin store")
+    ap.add_argument("--per-site", type=Path, default=None, metavar="CSV",
+                    help="write every model's per-site scores (with split seed, whether XGBoost reads the site as "
+                    "another IGBP class, and the bias / amplitude / correlation of :func:`decomposition`) to CSV")
     ap.add_argument("--build-only", action="store_true", help="only build the store: time and peak memory")
     ap.add_argument("--full-period", action="store_true", help="the twin's whole period 2000-02-24..2024-12-31 "
                     "(as `cbgrid twin` builds it) instead of --years")
@@ -295,11 +325,18 @@ def main(argv=None) -> int:
     # model skill ---------------------------------------------------------------------------
     pub = published()
     models = [m for m in args.models.split(",") if m]
-    curves = []
+    curves, sites = [], []
     if models:
-        per_split = pd.concat([model_scores(ds, split, models, args.epochs, args.rounds, args.small_net, args.protocol,
-                                            args.net_protocol, args.model_seed, curves).assign(split=k)
-                               for k, split in zip(seeds, split_list)])
+        per_split = []
+        for k, split in zip(seeds, split_list):
+            n = len(sites)
+            per_split.append(model_scores(ds, split, models, args.epochs, args.rounds, args.small_net, args.protocol,
+                                          args.net_protocol, args.model_seed, curves, sites).assign(split=k))
+            shifted = pd.Series(shifted_mask(ds, split)[0], index=ds["site"].values.astype(str))
+            sites[n:] = [f.assign(split=k, shifted=f["site"].map(shifted).to_numpy()) for f in sites[n:]]
+        per_split = pd.concat(per_split)
+        if args.per_site:
+            pd.concat(sites).to_csv(args.per_site, index=False)
         sc = per_split.groupby(["model", "target"], sort=False)[["median", "p25", "seconds"]].mean().reset_index()
         spread = per_split.groupby(["model", "target"], sort=False)[["median", "p25"]].agg(lambda x: x.max() - x.min())
         for _, r in sc.iterrows():
