@@ -7,6 +7,9 @@ A deliberate change of the real twin's physics (docs/twin.md, calibration rounds
 real half of the file:
 
     python tests/test_twin_pinned.py --write real
+
+A change of the spin-up moves the easy twin by float32 rounding (it forgets its start to 1e-7,
+not to the bit) and rewrites both halves: ``--write real easy``.
 """
 
 from __future__ import annotations

@@ -61,9 +61,11 @@ IGBP_CODES, KOPPEN_CODES = schema.IGBP_CLASSES, schema.KOPPEN_CLASSES
 _EPOCH = pd.Timestamp("1970-01-01")  # day numbers count from here
 MODIS_START = pd.Timestamp("2000-02-24")
 #: Recursions start this many days before the requested start (see module docstring). The
-#: soil bucket contracts by >= 2 % a day, so 730 days shrink any initial difference below
-#: float32 resolution; AR(1) and smoothers forget far faster.
-SPINUP_DAYS = 730
+#: soil bucket contracts by >= 2 % a day and the real world's deep store (a 40-day smoother of
+#: it) feeds the one-year drought-legacy kernel, so both must forget their start within the
+#: spin-up less that year: 0.98 ** (1200 - 365) = 5e-8, below float32 resolution; AR(1) and
+#: the other smoothers forget far faster.
+SPINUP_DAYS = 1200
 #: The twin's flux records lie inside this nominal period (fixed, so record windows do not
 #: depend on the requested start/end).
 RECORD_PERIOD = (pd.Timestamp("2000-01-01"), pd.Timestamp("2024-12-31"))

@@ -16,8 +16,10 @@ benchmark. This module adds, on top of the same weather, the sources of difficul
   (runs of good and poor days) and instrument outages of days to months.
 
 Every random number is a counter-based hash (:mod:`cbgrid.sources.twin_rng`) and every memory is
-either a contraction that forgets its start within the twin's 730-day spin-up or a finite kernel
-shorter than it, so values stay independent of the requested period, chunking and site subset.
+either a contraction that forgets its start within the twin's 1200-day spin-up or a finite kernel
+shorter than it (the drought-legacy kernel reads the deep store, so the store forgets within the
+spin-up less the kernel's year), so values stay independent of the requested period, chunking and
+site subset.
 
 >>> DIFFICULTIES
 ('real', 'easy')
@@ -82,7 +84,7 @@ NIGHT_SHARE = 0.5        # share of that error made at night, which the night-ti
 # Random streams (ids 200.. are this module's; never reuse one for another purpose).
 _S_FX = 200              # static effects use 200 + k
 _S_FIRE, _S_FIRE_SEV, _S_MOW, _S_MOW_SEV, _S_HARVEST = 230, 231, 232, 233, 234
-_S_QC, _S_QCD1, _S_QCD2, _S_OUT, _S_OUTLEN = 240, 241, 242, 243, 244
+_S_QC, _S_QCD1, _S_QCD2, _S_OUT, _S_OUTLEN, _S_QC_DRAW = 240, 241, 242, 243, 244, 245
 _S_NEE_AR, _S_NEE_W, _S_GAPFILL, _S_PART = 250, 251, 252, 253
 _S_GPP_DAY, _S_RECO_DAY = 260, 261
 
@@ -177,13 +179,20 @@ def drought_legacy(w_deep, fx):
 
 
 def qc_chain(seed, keys, fx, days) -> np.ndarray:
-    """QC=1 indicator (n, T) from a two-state Markov chain with the site's good-day share and
-    persistence 1 - QC_SWITCH; two chains with common random numbers meet with probability
-    QC_SWITCH a day, so the spin-up forgets the start."""
-    p_gp = (QC_SWITCH * (1.0 - fx["qc_good"]))  # good -> poor
-    p_pg = (QC_SWITCH * fx["qc_good"])          # poor -> good
-    u = rng.uniform(seed, keys, days, _S_QC)
-    return rng.two_state_chain(u >= p_gp[:, None], u < p_pg[:, None], np.ones(keys.size, dtype=bool))
+    """QC=1 indicator (n, T) from a two-state Markov chain with the site's good-day share π and
+    persistence 1 - QC_SWITCH: P(good→poor) = QC_SWITCH (1 − π), P(poor→good) = QC_SWITCH π.
+
+    Drawn as the equivalent renewal chain: on a day with probability QC_SWITCH the state is
+    redrawn (good with probability π), otherwise kept. Every redraw forgets what came before,
+    so two requests that start on different days agree after the first redraw inside both
+    spin-ups ((1 − QC_SWITCH) ** SPINUP_DAYS < 1e-7 of them do not); a chain stepped with the
+    transition probabilities and common random numbers would meet only with probability
+    QC_SWITCH |2π − 1| a day, i.e. hardly ever at sites near π = 1/2."""
+    redraw = rng.uniform(seed, keys, days, _S_QC) < QC_SWITCH
+    redraw[:, 0] = True  # the first day of the spin-up draws from the stationary share
+    good = rng.uniform(seed, keys, days, _S_QC_DRAW) < fx["qc_good"][:, None]
+    last = np.maximum.accumulate(np.where(redraw, np.arange(days.size), 0), axis=1)
+    return np.take_along_axis(good, last, axis=1)
 
 
 def outages(seed, keys, fx, days) -> np.ndarray:
