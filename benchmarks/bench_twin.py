@@ -3,7 +3,8 @@
 On a twin store (``--sites``, default 474, the last ``--years`` years up to 2020) with the Köppen
 split (the reference's algorithm by default; ``--splits N`` draws N splits of it, seeds 56, 57,
 ..., keeping those whose XGBoost class shifts are like the published split's, and reports the
-mean), the script trains ``--models`` (LightGBM, XGBoost, CT-LSTM by default; one seed per split,
+mean; ``--seed 0,1,2`` repeats it on several draws of the twin and averages over all), the
+script trains ``--models`` (LightGBM, XGBoost, CT-LSTM by default; one seed per split,
 ``--model-seed`` picks it) and prints their median and 25th-percentile per-site R² (QC = 1 days),
 with the range over the splits, beside the published v2 medians
 (catalogs/carbonbench/published_site_scores.csv, feature_set minimal, split_type Koppen), the GPP
@@ -16,6 +17,7 @@ US-AR1. ``--build-only`` measures the store build (time, peak memory) alone.
 
     python benchmarks/bench_twin.py --sites 100 --years 4 --models lightgbm          # cheap
     python benchmarks/bench_twin.py --sites 474 --years 8 --epochs 20 --small-net 128 --splits 3   # docs/twin.md
+    python benchmarks/bench_twin.py --splits 3 --models lightgbm,xgboost --seed 0,1,2   # three twin draws
     python benchmarks/bench_twin.py --sites 567 --build-only --full-period
 """
 
@@ -296,7 +298,9 @@ def main(argv=None) -> int:
     ap.add_argument("--max-shifted", type=float, default=0.30,
                     help="use only splits in which XGBoost reads at most this share of the test sites as another "
                     "IGBP class (published: 14 of 92; default twice that share)")
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seed", default="0", help="the twin's seed, or several separated by commas (0,1,2): the "
+                    "model figures are then means over every twin draw and split, since one draw of the twin (its "
+                    "site effects, weather and observation errors) moves them by up to 0.3")
     ap.add_argument("--model-seed", type=int, default=None,
                     help="the models' one seed (default: the protocol's first seed); another seed shows how "
                     "far one seed moves the figures")
@@ -312,16 +316,27 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.WARNING)
     start, end = ("2000-02-24", "2024-12-31") if args.full_period else (f"{2021 - args.years}-01-01", "2020-12-31")
 
+    try:
+        twin_seeds = [int(k) for k in str(args.seed).split(",")]
+    except ValueError:
+        raise SystemExit(f"--seed is {args.seed!r}; give one twin seed or several separated by commas, e.g. 0,1,2") from None
     tmp = tempfile.TemporaryDirectory()
-    path = args.store or Path(tmp.name) / "twin.zarr"
-    if args.build_only or not path.exists():
-        took, cpu = build(args.sites, start, end, args.seed, args.difficulty, path)
-        print(f"build: {args.sites} sites x {start}..{end} ({args.difficulty}): {took:.1f} s wall, {cpu:.1f} s CPU, "
-              f"peak RSS {peak_rss_gb():.2f} GB")
-        if args.build_only:
-            return 0
-    ds = store.open_store(path).load()
-    seeds, split_list = comparable_splits(ds, args.split_method, args.split_seed, args.splits, args.max_shifted)
+    base = args.store or Path(tmp.name) / "twin.zarr"
+    stores = {}
+    for t in twin_seeds:  # one store per twin seed: SEED-suffixed when there are several
+        path = base if len(twin_seeds) == 1 else base.with_name(f"{base.stem}-seed{t}{base.suffix}")
+        if args.build_only or not path.exists():
+            took, cpu = build(args.sites, start, end, t, args.difficulty, path)
+            print(f"build: {args.sites} sites x {start}..{end} ({args.difficulty}, seed {t}): {took:.1f} s wall, "
+                  f"{cpu:.1f} s CPU, peak RSS {peak_rss_gb():.2f} GB")
+        stores[t] = path
+    if args.build_only:
+        return 0
+    draws = []  # (twin seed, its loaded store, its split seeds, its splits)
+    for t, path in stores.items():
+        ds = store.open_store(path).load()
+        draws.append((t, ds, *comparable_splits(ds, args.split_method, args.split_seed, args.splits, args.max_shifted)))
+    args.seed, ds, seeds, split_list = draws[0]  # the observation figures below come from the first twin seed
     rows = []
 
     # model skill ---------------------------------------------------------------------------
@@ -330,12 +345,15 @@ def main(argv=None) -> int:
     curves, sites = [], []
     if models:
         per_split = []
-        for k, split in zip(seeds, split_list):
-            n = len(sites)
-            per_split.append(model_scores(ds, split, models, args.epochs, args.rounds, args.small_net, args.protocol,
-                                          args.net_protocol, args.model_seed, curves, sites).assign(split=k))
-            shifted = pd.Series(shifted_mask(ds, split)[0], index=ds["site"].values.astype(str))
-            sites[n:] = [f.assign(split=k, shifted=f["site"].map(shifted).to_numpy()) for f in sites[n:]]
+        for t, ds_t, split_seeds, splits_t in draws:
+            for k, split in zip(split_seeds, splits_t):
+                n = len(sites)
+                per_split.append(model_scores(ds_t, split, models, args.epochs, args.rounds, args.small_net,
+                                              args.protocol, args.net_protocol, args.model_seed, curves, sites)
+                                 .assign(split=k, twin_seed=t))
+                shifted = pd.Series(shifted_mask(ds_t, split)[0], index=ds_t["site"].values.astype(str))
+                sites[n:] = [f.assign(split=k, twin_seed=t, shifted=f["site"].map(shifted).to_numpy())
+                             for f in sites[n:]]
         per_split = pd.concat(per_split)
         if args.per_site:
             pd.concat(sites).to_csv(args.per_site, index=False)
@@ -345,7 +363,7 @@ def main(argv=None) -> int:
             p = pub.loc[(PUBLISHED_NAMES[r["model"]], r["target"])]
             for q, tol in (("median", 0.07), ("p25", 0.10)):
                 label = f"{r['model']} {SHORT[r['target']]} R2 {q}"
-                if args.splits > 1:
+                if len(per_split["split"]) > len(models) * len(TARGETS):
                     label += f" (range {spread.loc[(r['model'], r['target']), q]:.2f})"
                 rows.append((label, f"published ±{tol}", r[q], p[q], abs(r[q] - p[q]) <= tol))
         g = sc[sc["target"] == TARGETS[0]].set_index("model")["median"]
@@ -357,8 +375,10 @@ def main(argv=None) -> int:
             theirs = " > ".join(theirs_ids[n] for n in theirs.split(" > "))
             rows.append(("GPP ordering", "same as published", mine, theirs, mine == theirs))
         which = "" if args.model_seed is None else f" ({args.model_seed})"
-        print(f"(models: one seed{which}, {args.splits} split(s) ({args.split_method} algorithm, seeds "
-              f"{', '.join(map(str, seeds))}; figures are means over the splits, range = largest - smallest); "
+        drawn = "; ".join(f"twin seed {t}: split seeds {', '.join(map(str, k))}" for t, _, k, _ in draws)
+        print(f"(models: one seed{which}, {args.splits} split(s) per twin seed ({args.split_method} algorithm; "
+              f"{drawn}; figures are means over all of them, range = largest - smallest; observation figures "
+              f"and budgets from twin seed {args.seed}); "
               f"trees under protocol {args.protocol}, <= {args.rounds} rounds; CT-LSTM under "
               f"{args.net_protocol}, <= {args.epochs} epochs{f', hidden {args.small_net}, 1 layer' if args.small_net else ''}; "
               f"{', '.join(f'{m} {s:.0f} s' for m, s in sc.groupby('model')['seconds'].first().items())})")
@@ -368,7 +388,7 @@ def main(argv=None) -> int:
 
     for name, vocab, theirs in (("igbp", schema.REFERENCE_IGBP, "{} of {}".format(*published_shifted())),
                                 ("koppen_detailed", schema.REFERENCE_KOPPEN_DETAILED, None)):
-        counts = [shifted_sites(ds, split, name, vocab) for split in split_list]
+        counts = [shifted_sites(d, split, name, vocab) for _, d, _, sp in draws for split in sp]
         rows.append((f"XGBoost test sites read as another {name.replace('_', ' ')} class", "-",
                      ", ".join(f"{a} of {b}" for a, b in counts), theirs, None))
     best = best_possible(ds, split_list, args.seed, args.difficulty)
