@@ -329,6 +329,19 @@ def test_a_period_outside_the_records_warns_and_has_no_observations(caplog):
     assert "no observed" not in caplog.text
 
 
+def test_qc_chain_has_the_markov_chain_transition_probabilities():
+    """The renewal form of the QC chain is the two-state chain of docs/twin.md R8:
+    P(good→poor) = 0.04 (1 − π), P(poor→good) = 0.04 π, stationary share π."""
+    keys = np.arange(1, 201, dtype=np.uint64)
+    days = np.arange(20_000, dtype=np.int64)
+    for share in (0.2, 0.5, 0.8):
+        good = twin_model.qc_chain(0, keys, {"qc_good": np.full(keys.size, share)}, days)
+        a, b = good[:, :-1], good[:, 1:]
+        assert abs(good.mean() - share) < 0.01
+        np.testing.assert_allclose((a & ~b).sum() / a.sum(), twin_model.QC_SWITCH * (1 - share), rtol=0.05)
+        np.testing.assert_allclose((~a & b).sum() / (~a).sum(), twin_model.QC_SWITCH * share, rtol=0.05)
+
+
 def test_disturbance_and_outage_kernels_are_finite():
     """Every memory of the real difficulty ends within the spin-up, so values do not depend on
     the requested start (test_subset_and_later_start_give_same_numbers checks the numbers)."""
