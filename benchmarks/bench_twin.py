@@ -29,7 +29,7 @@ import os
 import resource
 import tempfile
 import time
-import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -95,8 +95,8 @@ def model_scores(ds, split, models, epochs, rounds, small_net: int | None = None
     its epochs leaves a network untrained. ``model_seed``: the one seed of every model (None: the
     protocol's first seed), to measure how far one seed moves the figures. ``curves``: a list that
     receives each tree's validation curve (target, iteration, val_rmse, model, keep). ``per_site``:
-    a list that receives each model's per-site scores with their decomposition
-    (:func:`decomposition`)."""
+    a list that receives each model's per-site scores with the moments of
+    :data:`DECOMPOSITION`."""
     rows = []
     for m in models:
         tree = m in ("lightgbm", "xgboost")
@@ -113,9 +113,11 @@ def model_scores(ds, split, models, epochs, rounds, small_net: int | None = None
         run = train.fit(ds, split, TrainConfig(model=m, split="koppen", **kw))
         if tree and curves is not None:
             curves.append(run.curves.assign(model=m, keep=run.config["protocol_rules"]["trees"]["keep"]))
-        frame = evaluation.to_frame(evaluation.evaluate(run.predictions, ds, split, log_exclusions=False))
+        extra = DECOMPOSITION if per_site is not None else ()
+        frame = evaluation.to_frame(evaluation.evaluate(run.predictions, ds, split, log_exclusions=False,
+                                                        metrics=(*evaluation.METRICS, *extra)))
         if per_site is not None:
-            per_site.append(frame.assign(model=m).merge(decomposition(run.predictions, ds, split), on=["site", "target"]))
+            per_site.append(frame.assign(model=m))
         took = time.perf_counter() - t0
         for t, g in frame.groupby("target"):
             r = g["R2"].dropna()
@@ -124,27 +126,28 @@ def model_scores(ds, split, models, epochs, rounds, small_net: int | None = None
     return pd.DataFrame(rows)
 
 
-def decomposition(predictions, ds, split) -> pd.DataFrame:
-    """Per test site and target, over the days scored (QC = 1, observed and predicted): the
-    observed and predicted means and standard deviations and their correlation, which split a
-    site's squared error into bias, amplitude and timing (MSE = bias² + (sd_p − sd_o)² +
-    2 sd_p sd_o (1 − r))."""
-    test = split.loc[split["set"] == "test", "site"].astype(str).tolist()
-    pred = predictions["prediction"].sel(site=test, target=list(TARGETS))
-    times = ds.indexes["time"].intersection(pred.indexes["time"])
-    obs = np.stack([ds[t].sel(site=test, time=times).values for t in TARGETS], axis=-1).astype(np.float64)
-    p = pred.sel(time=times).transpose("site", "time", "target").values.astype(np.float64)
-    ok = (ds[schema.QC].sel(site=test, time=times).values == 1)[..., None] & np.isfinite(obs) & np.isfinite(p)
-    o, q = np.where(ok, obs, np.nan), np.where(ok, p, np.nan)
-    with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # sites without a scored day: NaN
-        mo, mp = np.nanmean(o, axis=1), np.nanmean(q, axis=1)
-        so, sp = np.nanstd(o, axis=1), np.nanstd(q, axis=1)
-        r = np.nanmean((o - mo[:, None]) * (q - mp[:, None]), axis=1) / (so * sp)
-    rows = {"site": np.repeat(test, len(TARGETS)), "target": np.tile(TARGETS, len(test))}
-    rows.update({k: v.ravel() for k, v in (("obs_mean", mo), ("pred_mean", mp), ("obs_sd", so), ("pred_sd", sp),
-                                           ("corr", r))})
-    return pd.DataFrame(rows)
+@dataclass(frozen=True)
+class _Moment(evaluation.Metric):
+    """A moment of the scored days (evaluation's own mask: QC = 1, observed and predicted): the
+    mean or standard deviation of the observed or predicted series, or their correlation."""
+
+    of: str = "observed"  # observed, predicted, or both (the correlation)
+    stat: str = "mean"    # mean, sd, corr
+    units: str = schema.TARGET_UNITS
+
+    def compute(self, observed, predicted, dim="time"):
+        if self.stat == "corr":
+            return xr.corr(observed, predicted, dim)
+        x = observed if self.of == "observed" else predicted
+        return x.mean(dim) if self.stat == "mean" else x.std(dim)
+
+
+#: The observed and predicted means and standard deviations and their correlation over the
+#: scored days, which split a site's squared error into bias, amplitude and timing:
+#: MSE = (μ_p − μ_o)² + (σ_p − σ_o)² + 2 σ_p σ_o (1 − r).
+DECOMPOSITION = (_Moment("obs_mean", of="observed"), _Moment("pred_mean", of="predicted"),
+                 _Moment("obs_sd", of="observed", stat="sd"), _Moment("pred_sd", of="predicted", stat="sd"),
+                 _Moment("corr", of="both", stat="corr", units="1"))
 
 
 def validation_figures(curves: list, reference: pd.DataFrame) -> list[tuple]:
@@ -308,7 +311,7 @@ def main(argv=None) -> int:
     ap.add_argument("--store", type=Path, default=None, help="reuse (or create) this twin store")
     ap.add_argument("--per-site", type=Path, default=None, metavar="CSV",
                     help="write every model's per-site scores (with split seed, whether XGBoost reads the site as "
-                    "another IGBP class, and the bias / amplitude / correlation of :func:`decomposition`) to CSV")
+                    "another IGBP class, and the bias / amplitude / correlation moments of DECOMPOSITION) to CSV")
     ap.add_argument("--build-only", action="store_true", help="only build the store: time and peak memory")
     ap.add_argument("--full-period", action="store_true", help="the twin's whole period 2000-02-24..2024-12-31 "
                     "(as `cbgrid twin` builds it) instead of --years")

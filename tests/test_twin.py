@@ -350,7 +350,7 @@ def test_disturbance_and_outage_kernels_are_finite():
     # the bucket (>= 2 % a day) and the deep store feed the drought-legacy kernel: they must
     # forget their start before the kernel's year begins
     after_kernel = twin.SPINUP_DAYS - twin_model.LEGACY_DAYS
-    assert (1 - twin_model.DEEP_ALPHA) ** after_kernel < 1e-7 and 0.98**after_kernel < 1e-7
+    assert (1 - twin_model.DEEP_ALPHA) ** after_kernel < 1e-7 and (1 - twin.K_DRAIN) ** after_kernel < 1e-7
     assert (1 - twin_model.QC_SWITCH) ** twin.SPINUP_DAYS < 1e-7
     assert twin_model.QC_DEFICIT_PHI ** twin.SPINUP_DAYS < 1e-7
 
