@@ -342,31 +342,10 @@ def test_qc_chain_has_the_markov_chain_transition_probabilities():
         np.testing.assert_allclose((~a & b).sum() / (~a).sum(), twin_model.QC_SWITCH * share, rtol=0.05)
 
 
-def test_harvested_field_stays_bare_until_the_next_sowing():
-    """A crop's canopy falls to 1 - 0.8 on its harvest day and stays there for FALLOW_DAYS (no
-    regrowth through a mild winter), while the residue that feeds respiration decays over
-    HARVEST_DAYS; a grassland's cuts recover."""
-    days = np.arange(3 * 365, dtype=np.int64)
-    doy = (days % 365 + 1).astype(float)
-    keys = twin.site_keys(["crop", "grass"])
-    igbp = np.array([12, 10])
-    fx = {"fire": np.zeros(2), "harvest_doy": np.full(2, 40.0)}
-    growing = np.ones((2, days.size), bool)
-    canopy, residue = twin_model.disturbance(0, keys, igbp, fx, days, doy, np.zeros(2), growing)
-    cut = np.flatnonzero(np.diff(canopy[0]) < -0.5) + 1  # harvest days (day 240 +- 4 each year)
-    assert cut.size == 3 and np.all(np.abs(doy[cut] - 241) <= 4)
-    first = cut[0]
-    np.testing.assert_allclose(canopy[0, first:first + twin_model.FALLOW_DAYS], 0.2, atol=1e-9)
-    np.testing.assert_allclose(canopy[0, first + twin_model.FALLOW_DAYS:cut[1]], 1.0, atol=1e-9)
-    np.testing.assert_allclose(residue[0, first:first + twin_model.HARVEST_DAYS],
-                               0.8 * (1 - np.arange(twin_model.HARVEST_DAYS) / twin_model.HARVEST_DAYS), atol=1e-9)
-    assert (canopy[1] < 1.0).any() and (canopy[1] == 1.0).any()  # mowing: cut, and regrown
-
-
 def test_disturbance_and_outage_kernels_are_finite():
     """Every memory of the real difficulty ends within the spin-up, so values do not depend on
     the requested start (test_subset_and_later_start_give_same_numbers checks the numbers)."""
-    assert max(twin_model.HARVEST_DAYS, twin_model.FALLOW_DAYS, twin_model.FIRE_DAYS, twin_model.LEGACY_DAYS,
+    assert max(twin_model.HARVEST_DAYS, twin_model.FIRE_DAYS, twin_model.LEGACY_DAYS,
                twin_model.OUTAGE_MAX) < twin.SPINUP_DAYS
     # the bucket (>= 2 % a day) and the deep store feed the drought-legacy kernel: they must
     # forget their start before the kernel's year begins

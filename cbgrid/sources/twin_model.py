@@ -9,8 +9,7 @@ benchmark. This module adds, on top of the same weather, the sources of difficul
   sensitivity, phenology timing, respiration base rate, temperature sensitivity (E0) and the
   autotrophic share, drawn once per location;
 * unobserved drivers: a deep soil-water store with 40-day memory, management and disturbance
-  events (crop harvest and the bare fallow until the next sowing, mowing and grazing, fire)
-  with recovery, and a drought legacy;
+  events (crop harvest, mowing and grazing, fire) with recovery, and a drought legacy;
   none of them is a feature, and ERA5-Land's leaf area stays the class climatology;
 * observations that differ from the truth: autocorrelated random error, gap-filling error that
   grows with the filled fraction, a per-site partitioning bias, QC from a two-state Markov chain
@@ -62,10 +61,8 @@ LEGACY_DAYS, LEGACY_TAU, LEGACY_MAX = 365, 120.0, 0.45  # drought legacy kernel 
 GPP_DAILY_SD, GPP_DAILY_PHI = 0.20, 0.8
 RECO_DAILY_SD, RECO_DAILY_PHI = 0.30, 0.7
 # disturbance kernels: linear recovery over this many days (all shorter than the spin-up); harvest
-# residue and mowing/grazing share the first (R5)
+# and mowing/grazing share the first (R5)
 HARVEST_DAYS, FIRE_DAYS = 120, 540
-#: a harvested field stays bare (the harvest's severity held) this many days, until the next sowing (R5)
-FALLOW_DAYS = 245
 #: fire probability per year by IGBP code 0..16 (WAT ENF EBF DNF DBF MF CSH OSH WSA SAV GRA WET CRO URB CVM SNO BSV)
 FIRE_RATE = np.array([0, .01, .005, .01, .005, .005, .05, .05, .15, .2, .08, .01, .01, 0, .02, 0, 0])
 MOW_RATE = 2.0           # mowing / grazing events per growing season (GRA)
@@ -131,10 +128,9 @@ def site_effects(seed: int, keys: np.ndarray) -> dict[str, np.ndarray]:
     )
 
 
-def _recovery(impulses: np.ndarray, length: int, hold: bool = False) -> np.ndarray:
-    """Damage from events: each impulse of severity s decays linearly to 0 over ``length`` days
-    (``hold``: stays at s for ``length`` days, then ends)."""
-    kernel = np.ones(length) if hold else 1.0 - np.arange(length) / length
+def _recovery(impulses: np.ndarray, length: int) -> np.ndarray:
+    """Damage from events: each impulse of severity s decays linearly to 0 over ``length`` days."""
+    kernel = 1.0 - np.arange(length) / length
     out = np.zeros(impulses.shape)
     hit = impulses.any(axis=1)  # most locations have no event of a kind: nothing to convolve
     if hit.any():
@@ -143,9 +139,8 @@ def _recovery(impulses: np.ndarray, length: int, hold: bool = False) -> np.ndarr
 
 
 def disturbance(seed, keys, igbp, fx, days, doy, hemi, growing):
-    """Canopy multiplier in (0, 1] from harvest (CRO: the field stays bare until the next
-    sowing, ``FALLOW_DAYS``), mowing/grazing (GRA) and fire, and the short-lived residue damage
-    that raises heterotrophic respiration; arrays (n, T).
+    """Canopy multiplier in (0, 1] from harvest (CRO), mowing/grazing (GRA) and fire, and the
+    short-lived residue damage that raises heterotrophic respiration; arrays (n, T).
 
     growing: (n, T) bool, the days on which the vegetation is green enough to be cut.
     """
@@ -159,9 +154,8 @@ def disturbance(seed, keys, igbp, fx, days, doy, hemi, growing):
     jitter = np.round(8.0 * (rng.uniform(seed, keys, days // 365, _S_HARVEST) - 0.5))
     hday = np.mod(np.round(peak + fx["harvest_doy"])[:, None] + jitter, 365.0) + 1.0
     harvest = ((igbp == 12)[:, None] & (doy[None, :] == hday)) * 0.8
-    short = _recovery(harvest + mow, HARVEST_DAYS)  # residue, and the grass's regrowth
-    fallow = _recovery(harvest, FALLOW_DAYS, hold=True)  # the crop's canopy: bare until sowing
-    damage = fallow + _recovery(mow, HARVEST_DAYS) + _recovery(fire, FIRE_DAYS)
+    short = _recovery(harvest + mow, HARVEST_DAYS)
+    damage = short + _recovery(fire, FIRE_DAYS)
     return np.clip(1.0 - damage, 0.05, 1.0), np.clip(short, 0.0, 1.0)
 
 
