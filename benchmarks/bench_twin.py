@@ -87,7 +87,8 @@ def amplitude_figures(sites: pd.DataFrame) -> tuple[list[tuple], pd.DataFrame]:
     """Rows of the calibration table (median observed σ of the scored test sites, each target,
     beside the published test towers') and the same by IGBP class for the classes with at least
     :data:`AMPLITUDE_CLASS_MIN` published test towers. ``sites``: the per-site frames of
-    :func:`model_scores` (one model's rows are used: every model is scored on the same days)."""
+    :func:`model_scores`; the first model's rows are used (every model scores the same days but
+    CT-LSTM under ``--net-protocol reference``, which scores only complete windows)."""
     mine = sites[sites["model"] == sites["model"].iloc[0]].dropna(subset=["R2", "obs_sd"])
     theirs = published_amplitude()
     rows, by_class = [], {}
